@@ -1,0 +1,153 @@
+"""compile(profile, host facts) -> Plan. Pure: no I/O, no subprocess, no environment reads."""
+
+from __future__ import annotations
+
+import posixpath
+
+from .errors import SandboxerError
+from .host import HostFacts
+from .plan import DEFAULT_KEEP, EnvRule, MountOp, Plan, UserMap
+from .profile import MIB, Profile
+
+TMPFS_DEFAULT_SIZE = 64 * MIB
+HIDE_SIZE = 4096
+HARDENING = (
+    "no_new_privs",
+    "seccomp: ioctl TIOCSTI/TIOCLINUX -> EPERM",
+    "only fds 0-2",
+    "no capabilities outside its own user namespace",
+)
+
+
+def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name is the concept
+    """Turn a validated profile and host facts into a Plan."""
+    unshare = host.tools.get("unshare", "")
+    if not unshare:
+        raise SandboxerError(
+            "unshare(1) not found in /usr/bin, /bin, /usr/sbin or /sbin",
+            "install util-linux (apt install util-linux)",
+        )
+    ns = profile.namespaces
+    namespaces = ["user", "mount"]
+    outer = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    if ns.pid:
+        namespaces.append("pid")
+        # --kill-child: unshare's child (our stage, PID 1) gets SIGKILL when unshare dies,
+        # and unshare itself gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG).
+        outer += ["--pid", "--fork", "--kill-child", "--mount-proc"]
+    if profile.network.mode == "none":
+        namespaces.append("net")
+        outer.append("--net")
+    if ns.uts:
+        namespaces.append("uts")
+        outer.append("--uts")
+    if ns.ipc:
+        namespaces.append("ipc")
+        outer.append("--ipc")
+    outer += ["--", host.python, "-I", "-S", host.stage]
+
+    mounts = _mounts(profile, host)
+    home = host.home
+    cwd = _cwd(profile, host, mounts)
+    return Plan(
+        description=profile.description,
+        namespaces=tuple(namespaces),
+        outer=tuple(outer),
+        mounts=tuple(mounts),
+        hostname=ns.hostname if ns.uts else "",
+        loopback_up=profile.network.mode == "none",
+        inner=_usermap(profile, host),
+        cwd=cwd,
+        env=_env(profile, host, home),
+        command=tuple(profile.command.argv or (host.shell,)),
+        pid=ns.pid,
+        hardening=HARDENING,
+        cache_dir=host.cache_dir,
+    )
+
+
+def _usermap(profile: Profile, host: HostFacts) -> UserMap:
+    if profile.user.map == "root":
+        return UserMap("root", 0, 0, host.uid, host.gid)
+    return UserMap("self", host.uid, host.gid, host.uid, host.gid)
+
+
+def expand(path: str, host: HostFacts) -> str:
+    """A profile path -> absolute and normalised: '~' is your home, relative is from your cwd."""
+    if path == "~" or path.startswith("~/"):
+        path = host.home + path[1:]
+    elif not path.startswith("/"):
+        path = posixpath.join(host.cwd, path)
+    return posixpath.normpath(path).replace("//", "/")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
+
+
+def _mounts(profile: Profile, host: HostFacts) -> list[MountOp]:
+    ops: list[MountOp] = []
+    # The plan cache must not be writable from inside: pin every user-owned ancestor (the
+    # kernel refuses to rename a mount point with EBUSY) and hide the cache itself, before any
+    # mount of the profile, so that binds of its ancestors carry both along (rbind).
+    for path in host.cache_pins:
+        ops.append(MountOp("pin", path, why="the payload cannot rename it"))
+    if host.cache_dir:
+        ops.append(
+            MountOp("hide", host.cache_dir, readonly=True, size=HIDE_SIZE, mode="0555",
+                    why="sandboxer's plan cache, out of the payload's reach")
+        )
+    fresh: list[str] = []  # targets of tmpfs mounts made by this plan: we may create under them
+    if profile.home.mode == "tmpfs":
+        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", why="HOME"))
+        fresh.append(host.home)
+    for index, mount in enumerate(profile.mounts):
+        key = f"mounts[{index}]"
+        target = expand(mount.target or mount.source or "", host)
+        if target == "/":
+            raise SandboxerError(f"{key}.target: cannot mount over /", "name a directory below /")
+        create = any(_under(target, top) and target != top for top in fresh)
+        if mount.type == "tmpfs":
+            size = mount.size or TMPFS_DEFAULT_SIZE
+            ops.append(MountOp("tmpfs", target, size=size, mode="0755", create=create))
+            fresh.append(target)
+            continue
+        source = expand(mount.source or "", host)
+        if host.cache_dir and _under(source, host.cache_dir):
+            raise SandboxerError(
+                f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
+                "bind another directory",
+            )
+        ops.append(
+            MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create)
+        )
+        # a bind hides what a tmpfs put there before; creating under it would write the host
+        fresh = [top for top in fresh if not _under(top, target)]
+    return ops
+
+
+def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp]) -> str:
+    if profile.command.cwd is not None:
+        return expand(profile.command.cwd, host)
+    # The caller's cwd stays if the last mount covering it shows the same directory.
+    covering = [op for op in mounts if op.kind in ("tmpfs", "bind") and _under(host.cwd, op.target)]
+    if not covering:
+        return host.cwd
+    last = max(covering, key=lambda op: len(op.target))
+    if last.kind == "bind" and last.source == last.target:
+        return host.cwd
+    for op in reversed(mounts):
+        if op.kind == "bind" and _under(host.cwd, op.source):
+            inside = op.target + host.cwd[len(op.source):]
+            return posixpath.normpath(inside)
+    return host.home
+
+
+def _env(profile: Profile, host: HostFacts, home: str) -> EnvRule:
+    root = profile.user.map == "root"
+    name = "root" if root else host.user
+    fixed = (("HOME", home), ("USER", name), ("LOGNAME", name), ("SHELL", host.shell))
+    keep = tuple(dict.fromkeys((*DEFAULT_KEEP, *profile.env.keep)))
+    fixed_names = {k for k, _ in fixed}
+    keep = tuple(k for k in keep if k not in fixed_names)
+    return EnvRule(keep=keep, set=tuple(sorted(profile.env.set.items())), fixed=fixed)

@@ -1,0 +1,138 @@
+"""HostFacts: everything compile() needs to know about this machine and caller, probed once.
+
+On the hot path: imports only os, pwd and sys.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+
+from .errors import SandboxerError
+
+# Tools are looked up in fixed system directories, never in the caller's PATH:
+# a PATH entry the payload could write must not decide what runs outside it.
+SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
+TOOLS = ("unshare",)
+STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage.py")
+
+
+class HostFacts:
+    """Facts about the host and the caller. Plain data; compile() reads nothing else."""
+
+    __slots__ = (
+        "uid", "gid", "user", "home", "shell", "cwd", "tools", "python", "stage",
+        "cache_dir", "cache_pins",
+    )
+
+    def __init__(
+        self,
+        *,
+        uid: int,
+        gid: int,
+        user: str,
+        home: str,
+        shell: str,
+        cwd: str,
+        tools: dict[str, str],
+        python: str,
+        stage: str,
+        cache_dir: str,
+        cache_pins: tuple[str, ...],
+    ) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.user = user
+        self.home = home
+        self.shell = shell
+        self.cwd = cwd
+        self.tools = tools
+        self.python = python
+        self.stage = stage
+        self.cache_dir = cache_dir
+        self.cache_pins = cache_pins
+
+    def key(self) -> tuple[object, ...]:
+        """A stable tuple of every fact, for the plan cache key."""
+        return tuple(
+            sorted(self.tools.items()) if name == "tools" else getattr(self, name)
+            for name in self.__slots__
+        )
+
+    @classmethod
+    def example(cls, **changes: object) -> HostFacts:
+        """Fixed facts for golden tests and docs."""
+        facts: dict[str, object] = dict(
+            uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
+            cwd="/home/alice/src/project", tools={"unshare": "/usr/bin/unshare"},
+            python="/usr/bin/python3", stage="/usr/lib/python3/dist-packages/sandboxer/stage.py",
+            cache_dir="/home/alice/.cache/sandboxer",
+            cache_pins=("/home/alice", "/home/alice/.cache"),
+        )
+        facts.update(changes)
+        return cls(**facts)  # type: ignore[arg-type]
+
+
+def find_tool(name: str) -> str:
+    for directory in SYSTEM_PATH:
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK):
+            return path
+    return ""
+
+
+def cache_dir(environ: dict[str, str] | os._Environ[str], home: str) -> str:
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, "sandboxer")
+
+
+def user_owned_ancestors(path: str, uid: int) -> tuple[str, ...]:
+    """The ancestors of path that uid owns, outermost first, stopping at the first it doesn't.
+
+    The payload runs as uid, so it could rename any of these and put its own plan cache in
+    their place; the sandbox pins them (bind-mounts each onto itself, and the kernel refuses
+    to rename a mount point of the caller's mount namespace with EBUSY).
+    """
+    found: list[str] = []
+    current = os.path.dirname(path)
+    while current != "/":
+        try:
+            st = os.lstat(current)
+        except OSError:
+            break
+        if st.st_uid != uid:
+            break
+        found.append(current)
+        current = os.path.dirname(current)
+    return tuple(reversed(found))
+
+
+def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFacts:
+    """Probe the host. Raises SandboxerError when something essential is missing."""
+    env = os.environ if environ is None else environ
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        pw = pwd.getpwuid(uid)
+        user, pw_home, shell = pw.pw_name, pw.pw_dir, pw.pw_shell
+    except KeyError:
+        user, pw_home, shell = str(uid), "/", "/bin/sh"
+    home = env.get("HOME", "")
+    if not home.startswith("/"):
+        home = pw_home
+    home = os.path.realpath(home)
+    try:
+        cwd = os.getcwd()
+    except OSError as e:
+        raise SandboxerError(
+            f"cannot read the current directory: {e.strerror}", "cd to a directory that exists"
+        ) from None
+    tools = {name: find_tool(name) for name in TOOLS}
+    cache = os.path.realpath(cache_dir(env, home))
+    return HostFacts(
+        uid=uid, gid=gid, user=user, home=home, shell=shell or "/bin/sh", cwd=cwd,
+        tools=tools, python=os.path.realpath(sys.executable), stage=STAGE,
+        cache_dir=cache, cache_pins=user_owned_ancestors(cache, uid),
+    )

@@ -1,0 +1,229 @@
+"""The command line as data: one table drives the parser, --help, the man page and completions.
+
+This module is on the hot path of `sandboxer run`, so it imports nothing.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class Opt:
+    """One command-line option.
+
+    kind: "choice" | "value" | "bool" (with a --no- twin) | "mount" | "env" | "append" | "flag"
+    key: the profile key it overrides (dotted), or "" for options of the command line itself.
+    complete: how shells complete its value: "choices", "file", "dir", "env", "" (anything).
+    """
+
+    __slots__ = ("name", "kind", "key", "metavar", "choices", "help", "complete", "scopes")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        kind: str,
+        help: str,
+        key: str = "",
+        metavar: str = "",
+        choices: tuple[str, ...] = (),
+        complete: str = "",
+        scopes: tuple[str, ...] = ("run", "explain"),
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.key = key
+        self.metavar = metavar
+        self.choices = choices
+        self.help = help
+        self.complete = complete
+        self.scopes = scopes
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kind not in ("bool", "flag")
+
+    def spellings(self) -> tuple[str, ...]:
+        if self.kind == "bool":
+            return (f"--{self.name}", f"--no-{self.name}")
+        return (f"--{self.name}",)
+
+
+# Subcommands: name -> one-line summary, usage.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": (
+        "run a command in a sandbox",
+        "sandboxer run [OPTIONS] [PROFILE.toml] [OPTIONS] [--] [COMMAND [ARG...]]",
+    ),
+    "check": ("validate profiles; exit 0 if all are valid, 1 if not", "sandboxer check PROFILE.toml..."),
+    "explain": (
+        "show the compiled plan: one line per step, a shell script, or JSON",
+        "sandboxer explain [--shell|--json] [OPTIONS] [PROFILE.toml] [OPTIONS] [--] [COMMAND [ARG...]]",
+    ),
+}
+
+OPTIONS: tuple[Opt, ...] = (
+    Opt("profile", kind="value", metavar="FILE", complete="file",
+        help="the profile to use (a positional argument ending in .toml works too)"),
+    Opt("map", kind="choice", key="user.map", metavar="MODE", choices=("self", "root"),
+        complete="choices",
+        help="who the command is inside: 'self' (your uid/gid) or 'root' (uid 0, still you outside)"),
+    Opt("home", kind="choice", key="home.mode", metavar="MODE", choices=("host", "tmpfs"),
+        complete="choices",
+        help="HOME: 'host' (your real home) or 'tmpfs' (empty, throwaway, size-limited)"),
+    Opt("home-size", kind="value", key="home.size", metavar="SIZE",
+        help="size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)"),
+    Opt("net", kind="choice", key="network.mode", metavar="MODE", choices=("host", "none"),
+        complete="choices",
+        help="network: 'host' (no network namespace) or 'none' (own namespace with only lo)"),
+    Opt("pid", kind="bool", key="namespaces.pid",
+        help="own PID namespace with a fresh /proc (default on)"),
+    Opt("ipc", kind="bool", key="namespaces.ipc", help="own IPC namespace (default on)"),
+    Opt("uts", kind="bool", key="namespaces.uts",
+        help="own UTS namespace, so the hostname can differ (default on)"),
+    Opt("hostname", kind="value", key="namespaces.hostname", metavar="NAME",
+        help="hostname inside the UTS namespace (default 'sandbox')"),
+    Opt("bind", kind="mount", key="mounts", metavar="SRC[:DST]", complete="file",
+        help="bind-mount SRC at DST (default: the same path), read-write; repeatable"),
+    Opt("ro-bind", kind="mount", key="mounts", metavar="SRC[:DST]", complete="file",
+        help="bind-mount SRC at DST read-only; repeatable"),
+    Opt("tmpfs", kind="mount", key="mounts", metavar="DST[:SIZE]", complete="dir",
+        help="mount an empty tmpfs at DST (default size 64M); repeatable"),
+    Opt("env", kind="env", key="env.set", metavar="NAME=VALUE",
+        help="set an environment variable inside; repeatable"),
+    Opt("keep-env", kind="append", key="env.keep", metavar="NAME", complete="env",
+        help="keep this variable of the caller's environment (NAME* keeps a prefix); repeatable"),
+    Opt("cwd", kind="value", key="command.cwd", metavar="DIR", complete="dir",
+        help="working directory inside (default: your cwd when visible inside, else HOME)"),
+    Opt("shell", kind="flag", scopes=("explain",),
+        help="print the plan as a shell script a person can read and run"),
+    Opt("json", kind="flag", scopes=("explain",), help="print the plan as JSON"),
+    Opt("debug", kind="flag", scopes=("run", "check", "explain"),
+        help="show Python tracebacks and the chain being run"),
+    Opt("help", kind="flag", scopes=("run", "check", "explain"), help="show this help and exit"),
+)
+
+BY_SPELLING: dict[str, Opt] = {s: o for o in OPTIONS for s in o.spellings()}
+
+
+class UsageError(Exception):
+    """A command-line mistake (turned into a SandboxerError by cli)."""
+
+
+class Args:
+    """The parsed command line."""
+
+    __slots__ = ("command", "profiles", "overrides", "argv", "flags", "tokens")
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.profiles: list[str] = []
+        # (option, spelling used, value or None for bool/flag) in command-line order
+        self.overrides: list[tuple[Opt, str, str | None]] = []
+        self.argv: list[str] | None = None
+        self.flags: set[str] = set()
+        # the sandbox-describing tokens, for the plan cache key
+        self.tokens: list[str] = []
+
+
+def parse(argv: Sequence[str]) -> Args:
+    """Parse `sandboxer COMMAND ...`; raise UsageError on mistakes."""
+    if not argv:
+        raise UsageError("no command given; try 'sandboxer --help'")
+    command = argv[0]
+    if command in ("-h", "--help", "help"):
+        return Args("help")
+    if command == "--version":
+        return Args("version")
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    args = Args(command)
+    rest = list(argv[1:])
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        i += 1
+        if tok == "--":
+            args.argv = rest[i:]
+            break
+        if tok.startswith("--"):
+            name, eq, value = tok.partition("=")
+            opt = BY_SPELLING.get(name)
+            if opt is None or command not in opt.scopes:
+                raise UsageError(_unknown(name, command))
+            if opt.takes_value:
+                if not eq:
+                    if i >= len(rest):
+                        raise UsageError(f"option {name} needs a value ({opt.metavar})")
+                    value = rest[i]
+                    i += 1
+                if opt.name == "profile":
+                    args.profiles.append(value)
+                    args.tokens += ("--profile", value)
+                    continue
+                args.overrides.append((opt, name, value))
+                args.tokens += (name, value)
+            else:
+                if eq:
+                    raise UsageError(f"option {name} takes no value")
+                if opt.kind == "flag":
+                    args.flags.add(opt.name)
+                else:
+                    args.overrides.append((opt, name, None))
+                    args.tokens.append(name)
+            continue
+        if tok.startswith("-") and tok != "-":
+            raise UsageError(f"unknown option {tok!r}; options are spelled --name (see --help)")
+        if command == "check":
+            args.profiles.append(tok)
+        elif not args.profiles and tok.endswith(".toml"):
+            args.profiles.append(tok)
+            args.tokens += ("--profile", tok)
+        else:
+            # the first other positional starts the command; the rest is its argv
+            args.argv = rest[i - 1:]
+            break
+    if command != "check" and len(args.profiles) > 1:
+        raise UsageError("only one profile can be given")
+    if command == "check" and not args.profiles and "help" not in args.flags:
+        raise UsageError("check needs at least one profile")
+    return args
+
+
+def _unknown(name: str, command: str) -> str:
+    known = sorted(s for o in OPTIONS if command in o.scopes for s in o.spellings())
+    best = _closest(name, known)
+    hint = f"; did you mean {best}?" if best else ""
+    return f"unknown option {name!r} for '{command}'{hint}"
+
+
+def _closest(word: str, candidates: Sequence[str]) -> str:
+    import difflib
+
+    got = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return got[0] if got else ""
+
+
+def help_text(command: str | None = None) -> str:
+    """--help output, generated from the table."""
+    if command is None:
+        lines = ["usage: sandboxer COMMAND [OPTIONS] ...", "", "commands:"]
+        for name, (summary, _usage) in COMMANDS.items():
+            lines.append(f"  {name:<9}{summary}")
+        lines += ["", "Run 'sandboxer COMMAND --help' for its options; 'man sandboxer' for more."]
+        return "\n".join(lines) + "\n"
+    summary, usage = COMMANDS[command]
+    lines = [f"usage: {usage}", "", summary, "", "options:"]
+    for opt in OPTIONS:
+        if command not in opt.scopes:
+            continue
+        spelled = ", ".join(opt.spellings())
+        if opt.metavar:
+            spelled += f" {opt.metavar}"
+        if opt.choices:
+            spelled = f"--{opt.name} {{{','.join(opt.choices)}}}"
+        lines.append(f"  {spelled}")
+        lines.append(f"      {opt.help}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,226 @@
+"""The compiled plan: frozen data, and its renderings (describe lines, shell script, JSON, recipe).
+
+A Plan says everything that will happen, in order. compile() builds it without touching the
+host; supervise and stage carry out its recipe (a marshal-able dict) and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Literal
+
+RECIPE_VERSION = 1
+
+# Variables every sandbox keeps from the caller, besides the profile's own list.
+DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# The LC_* names, for the shell rendering (a shell has no prefix expansion of names).
+LC_NAMES = (
+    "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_NUMERIC", "LC_TIME", "LC_MONETARY",
+    "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
+)
+
+MountKind = Literal["pin", "hide", "tmpfs", "bind"]
+
+
+@dataclass(frozen=True)
+class MountOp:
+    """One mount made by the stage inside the new mount namespace, before the payload's userns."""
+
+    kind: MountKind
+    target: str
+    source: str = ""
+    readonly: bool = False
+    size: int = 0
+    mode: str = ""
+    # create the target (and missing parents) first: only under a tmpfs this plan made
+    create: bool = False
+    why: str = ""
+
+    def options(self) -> str:
+        opts = ["ro"] if self.readonly else []
+        if self.kind in ("tmpfs", "hide"):
+            opts += ["nosuid", "nodev"]
+            if self.kind == "hide":
+                opts.append("noexec")
+            opts += [f"size={self.size}", f"mode={self.mode}"]
+        return ",".join(opts)
+
+    def describe(self) -> str:
+        create = ", creating it" if self.create else ""
+        if self.kind == "pin":
+            text = f"pin {self.target} (bind it onto itself{create})"
+        elif self.kind == "hide":
+            text = f"hide {self.target} (empty read-only tmpfs)"
+        elif self.kind == "tmpfs":
+            text = f"mount tmpfs on {self.target} ({self.options()}{create})"
+        else:
+            what = "read-only bind" if self.readonly else "bind"
+            text = f"{what} {self.source} on {self.target}{create}"
+        return f"{text}: {self.why}" if self.why else text
+
+    def shell(self) -> list[str]:
+        q = shlex.quote
+        lines = []
+        if self.create:
+            lines.append(f"[ -e {q(self.target)} ] || mkdir -p -- {q(self.target)}")
+        if self.kind in ("pin", "bind"):
+            source = self.target if self.kind == "pin" else self.source
+            lines.append(f"mount --rbind -- {q(source)} {q(self.target)}")
+            if self.readonly:
+                lines.append(f"mount -o remount,bind,ro -- {q(self.target)}")
+        else:
+            lines.append(f"mount -t tmpfs -o {q(self.options())} -- tmpfs {q(self.target)}")
+        return lines
+
+    def recipe(self) -> tuple[str, str, str, bool, int, str, bool]:
+        return (self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create)
+
+
+@dataclass(frozen=True)
+class UserMap:
+    """The payload's user namespace: inside ids, each mapped to the caller's own id."""
+
+    mode: Literal["self", "root"]
+    inside_uid: int
+    inside_gid: int
+    outside_uid: int
+    outside_gid: int
+
+    def unshare_args(self) -> list[str]:
+        if self.mode == "root":
+            return ["--map-root-user"]
+        return [f"--map-user={self.inside_uid}", f"--map-group={self.inside_gid}"]
+
+
+@dataclass(frozen=True)
+class EnvRule:
+    """How the payload's environment is built at run time from the caller's."""
+
+    keep: tuple[str, ...]
+    set: tuple[tuple[str, str], ...]
+    fixed: tuple[tuple[str, str], ...]
+    default_path: str = DEFAULT_PATH
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.fixed] + [f"{k}={v}" for k, v in self.set]
+        return f"environment: keep {' '.join(self.keep)}; set {shlex.join(parts)}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one sandbox run does, in order."""
+
+    description: str
+    namespaces: tuple[str, ...]
+    outer: tuple[str, ...]  # the first hop: unshare ... -- python3 -I -S stage.py
+    mounts: tuple[MountOp, ...]
+    hostname: str
+    loopback_up: bool
+    inner: UserMap
+    cwd: str
+    env: EnvRule
+    command: tuple[str, ...]
+    pid: bool
+    hardening: tuple[str, ...]
+    cache_dir: str
+
+    # ---- renderings -------------------------------------------------------------------------
+    def describe(self) -> list[str]:
+        """One line per step, in the order they happen."""
+        lines = [f"supervisor: spawn {shlex.join(self.outer)}"]
+        lines.append(f"  namespaces: {', '.join(self.namespaces)}")
+        if self.pid:
+            lines.append("stage: runs as PID 1: forwards signals to the payload, reaps orphans")
+        for op in self.mounts:
+            lines.append(f"stage: {op.describe()}")
+        if self.loopback_up:
+            lines.append("stage: bring lo up in the new network namespace")
+        if self.hostname:
+            lines.append(f"stage: set hostname {self.hostname}")
+        lines.append("stage: report ready; supervisor: parent-side work, then go")
+        lines.append(
+            "stage: fork the payload: own session (or own foreground job on a terminal), "
+            "fresh session keyring"
+        )
+        lines.append(
+            f"payload: unshare --user {' '.join(self.inner.unshare_args())} "
+            "(a nested user namespace: every mount above is locked)"
+        )
+        lines.append(f"payload: {', '.join(self.hardening)}")
+        lines.append(f"payload: {self.env.describe()}")
+        lines.append(f"payload: cd {shlex.quote(self.cwd)}; exec {shlex.join(['--', *self.command])}")
+        return lines
+
+    def shell(self) -> str:
+        """The same chain as a POSIX shell script a person can read and run."""
+        q = shlex.quote
+        body = ["set -eu"]
+        for op in self.mounts:
+            body += [f"# {op.describe()}", *op.shell()]
+        if self.loopback_up:
+            body.append("ip link set lo up")
+        if self.hostname:
+            body.append(f"hostname {q(self.hostname)}")
+        body.append(f"cd -- {q(self.cwd)}")
+        env_words = ["env", "-i"]
+        for name in self.env.keep:
+            names = LC_NAMES if name == "LC_*" else (name,)
+            if name.endswith("*") and name != "LC_*":
+                body.append(f"# keep {name}: list the names you need; a shell cannot match a prefix")
+                continue
+            for n in names:
+                if n == "PATH":
+                    env_words.append(f'"PATH=${{PATH-{self.env.default_path}}}"')
+                else:
+                    env_words.append(f'${{{n}+"{n}=${n}"}}')
+        env_words += [q(f"{k}={v}") for k, v in (*self.env.fixed, *self.env.set)]
+        body.append(
+            "exec unshare --user " + " ".join(self.inner.unshare_args())
+            + " -- setpriv --no-new-privs -- " + " ".join(env_words) + ' -- "$@"'
+        )
+        delimiter = "SANDBOXER_STAGE"
+        while delimiter in body:
+            delimiter += "_"
+        outer = [*self.outer[: self.outer.index("--")], "--", "/bin/sh", "-euc", '"$stage"', "sh"]
+        head = [
+            "#!/bin/sh",
+            f"# sandboxer plan{': ' + self.description if self.description else ''}",
+            "# Written by 'sandboxer explain --shell'. It sets up the same namespaces and mounts by",
+            "# hand; it lacks what util-linux has no verb for: the TIOCSTI filter, the fresh session",
+            "# keyring, the new session, and an init that forwards signals (sandboxer's stage).",
+            "set -eu",
+            f"stage=$(cat <<'{delimiter}'",
+            *body,
+            delimiter,
+            ")",
+            " ".join(q(w) if w != '"$stage"' else w for w in outer) + " " + shlex.join(self.command),
+        ]
+        return "\n".join(head) + "\n"
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["steps"] = self.describe()
+        return json.dumps(data, indent=2) + "\n"
+
+    def recipe(self) -> dict[str, object]:
+        """What supervise and stage need, as plain marshal-able data."""
+        return {
+            "v": RECIPE_VERSION,
+            "outer": list(self.outer),
+            "pid": self.pid,
+            "mounts": [op.recipe() for op in self.mounts],
+            "hostname": self.hostname,
+            "lo": self.loopback_up,
+            "inner": (self.inner.inside_uid, self.inner.inside_gid),
+            "cwd": self.cwd,
+            "keep": list(self.env.keep),
+            "set": list(self.env.set),
+            "fixed": list(self.env.fixed),
+            "path": self.env.default_path,
+            "command": list(self.command),
+            "cache_dir": self.cache_dir,
+        }

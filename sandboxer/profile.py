@@ -1,0 +1,190 @@
+"""The profile schema: the only definition of profile keys (docs are generated from it)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+_SIZE_RE = re.compile(r"^([0-9]+)([kKmMgG]?)$")
+_UNITS = {"": 1, "k": KIB, "m": MIB, "g": GIB}
+TMPFS_MIN = 1 * MIB
+TMPFS_MAX = 64 * GIB
+
+
+def parse_size(value: object) -> object:
+    """'256M' -> 268435456; ints pass through; anything else is left for the type check."""
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value.strip())
+        if not m:
+            raise ValueError(f"expected a size such as 65536, '512k', '256M' or '2G', got {value!r}")
+        return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    return value
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(ge=TMPFS_MIN, le=TMPFS_MAX, description="bytes, or a string with a k/M/G suffix"),
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL bytes are not allowed")
+    return value
+
+
+def _path(value: str) -> str:
+    """A path as written: absolute, ~/..., or relative to the caller's working directory."""
+    _no_nul(value)
+    if not value:
+        raise ValueError("expected a path, got an empty string")
+    if len(value) > 4000:
+        raise ValueError("path is too long")
+    return value
+
+
+Path = Annotated[str, BeforeValidator(lambda v: _path(v) if isinstance(v, str) else v)]
+Text = Annotated[str, BeforeValidator(lambda v: _no_nul(v) if isinstance(v, str) else v)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class User(_Section):
+    """[user]: who the command is inside the sandbox."""
+
+    map: Literal["self", "root"] = Field(
+        "self",
+        description="'self': your own uid/gid inside; 'root': uid/gid 0 inside, still you outside",
+    )
+
+
+class Home(_Section):
+    """[home]: what HOME is."""
+
+    mode: Literal["host", "tmpfs"] = Field(
+        "tmpfs", description="'host': your real home; 'tmpfs': an empty, throwaway home"
+    )
+    size: Size = Field(256 * MIB, description="size limit of a tmpfs home (1M to 64G)")
+
+
+class Network(_Section):
+    """[network]: what network the command sees."""
+
+    mode: Literal["host", "none"] = Field(
+        "none", description="'host': the host's network; 'none': an own namespace with only lo"
+    )
+
+
+class Namespaces(_Section):
+    """[namespaces]: which other namespaces the sandbox gets."""
+
+    pid: bool = Field(True, description="own PID namespace with a fresh /proc")
+    ipc: bool = Field(True, description="own IPC namespace (System V IPC, POSIX queues)")
+    uts: bool = Field(True, description="own UTS namespace, so the hostname can differ")
+    hostname: Text = Field("sandbox", description="hostname inside the UTS namespace")
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if len(value) > 64 or not _HOST_RE.match(value):
+            raise ValueError(
+                f"expected a hostname of letters, digits, '-' and '.' (at most 64), got {value!r}"
+            )
+        return value
+
+
+class Command(_Section):
+    """[command]: what runs, and where."""
+
+    argv: list[Text] | None = Field(
+        None, description="the command to run when none is given on the command line"
+    )
+    cwd: Path | None = Field(
+        None, description="working directory inside (default: yours when visible, else HOME)"
+    )
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("expected a non-empty list whose first item names the command")
+        return value
+
+
+class Env(_Section):
+    """[env]: the environment inside (nothing else of yours gets in)."""
+
+    keep: list[Text] = Field(
+        default_factory=list,
+        description="names of your variables to keep besides PATH, TERM, LANG and LC_* (NAME* keeps a prefix)",
+    )
+    set: dict[str, Text] = Field(default_factory=dict, description="variables to set inside")
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _KEEP_RE.match(name):
+                raise ValueError(f"expected a variable name (optionally ending in *), got {name!r}")
+        return value
+
+    @field_validator("set")
+    @classmethod
+    def _set(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"expected a variable name of letters, digits and _, got {name!r}")
+        return value
+
+
+class Mount(_Section):
+    """[[mounts]]: one extra mount, made in order after HOME."""
+
+    type: Literal["bind", "ro-bind", "tmpfs"] = Field(
+        description="'bind' (read-write), 'ro-bind' (read-only) or 'tmpfs' (empty)"
+    )
+    source: Path | None = Field(None, description="what to bind (bind and ro-bind only)")
+    target: Path | None = Field(
+        None, description="where it appears inside (default: the source's path)"
+    )
+    size: Size | None = Field(None, description="size limit of a tmpfs (default 64M)")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Mount:
+        if self.type == "tmpfs":
+            if self.source is not None:
+                raise ValueError("a tmpfs mount has no source; remove 'source'")
+            if self.target is None:
+                raise ValueError("a tmpfs mount needs a 'target'")
+        else:
+            if self.source is None:
+                raise ValueError(f"a {self.type} mount needs a 'source'")
+            if self.size is not None:
+                raise ValueError(f"'size' applies to tmpfs mounts only, not {self.type}")
+        return self
+
+
+class Profile(_Section):
+    """A sandboxer profile: how isolated a command should be."""
+
+    description: Text = Field("", description="one line saying what the profile is for")
+    user: User = Field(default_factory=User)
+    home: Home = Field(default_factory=Home)
+    network: Network = Field(default_factory=Network)
+    namespaces: Namespaces = Field(default_factory=Namespaces)
+    command: Command = Field(default_factory=Command)
+    env: Env = Field(default_factory=Env)
+    mounts: list[Mount] = Field(default_factory=list, max_length=256)

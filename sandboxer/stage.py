@@ -1,0 +1,426 @@
+"""sandboxer's stage: PID 1 inside the new namespaces, run as `python3 -I -S stage.py`.
+
+It does what util-linux has no verb for, between the outer `unshare` and the payload:
+mounts from the plan, hostname, lo up; then it reports ready, waits for the supervisor's go,
+forks the payload into a nested user namespace (which locks every mount made here), hardens it
+(no_new_privs, a seccomp filter against TIOCSTI, a fresh session keyring, only fds 0-2, its own
+session or foreground job) and execs it; as init it forwards signals and reaps orphans.
+
+Standard library and ctypes only: it runs with -I -S, outside any virtualenv, on every run.
+
+File descriptors from the supervisor:
+  3  the config (marshal), read to EOF
+  4  status pipe to the supervisor: "R" ready, "E<msg>\\n" setup failed, "N<code> <msg>\\n"
+     payload could not be executed, "X<wait status>\\n" payload finished
+  5  control pipe from the supervisor: "G" go; EOF means the supervisor is gone
+  6  the caller's stderr (fd 2 is a pipe to the supervisor until the stage starts, so that
+     unshare's own complaints become one clean error line)
+"""
+
+import ctypes
+import marshal
+import os
+import select
+import signal
+import sys
+
+CONFIG_FD, STATUS_FD, CONTROL_FD, STDERR_FD = 3, 4, 5, 6
+GO_TIMEOUT = 60.0
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND, MS_REC = 4096, 16384
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the unified table)
+CLONE_NEWUSER = 0x10000000
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+# sent to the stage when the supervisor dies and there is no PID namespace to do the killing
+ORPHANED = signal.SIGPWR
+
+# Per machine: keyctl's syscall number and, for each ABI the kernel accepts on it,
+# (AUDIT_ARCH, ioctl's syscall number, the x32 bit to refuse or 0).
+ARCHES = {
+    "x86_64": (250, ((0xC000003E, 16, 0x40000000), (0x40000003, 54, 0))),
+    "aarch64": (219, ((0xC00000B7, 29, 0), (0x40000028, 54, 0))),
+    "riscv64": (219, ((0xC00000F3, 29, 0),)),
+    "ppc64le": (271, ((0xC0000015, 54, 0),)),
+    "s390x": (280, ((0x80000016, 54, 0),)),
+}
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+EPERM = 1
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+class SetupError(Exception):
+    pass
+
+
+def status(message):
+    try:
+        os.write(STATUS_FD, message.encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def die(message):
+    status("E" + message.replace("\n", " ") + "\n")
+    os._exit(125)
+
+
+def _check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+def _b(text):
+    return text.encode() if text else None
+
+
+# ---- mounts --------------------------------------------------------------------------------
+def do_mount(source, target, fstype, flags, data, what):
+    _check(libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)), what)
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def make_readonly(target):
+    # mount_setattr(2) changes only the flag we name, recursively: a MS_REMOUNT would have to
+    # repeat every flag the kernel locked on the source mount (nosuid, nodev...) or fail EPERM.
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    result = libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), _b(target),
+                          ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr),
+                          ctypes.c_size_t(ctypes.sizeof(attr)))
+    _check(0 if result == 0 else -1, f"cannot make {target} read-only")
+
+
+def create_target(target, is_dir):
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    if is_dir:
+        os.makedirs(target, exist_ok=True)
+    elif not os.path.lexists(target):
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+
+
+def apply_mount(op):
+    kind, source, target, readonly, size, mode, create = op
+    if kind in ("pin", "bind"):
+        src = target if kind == "pin" else source
+        try:
+            is_dir = os.path.isdir(src)
+            if not os.path.exists(src):
+                raise SetupError(f"bind source {src} does not exist")
+        except OSError as e:
+            raise SetupError(f"bind source {src}: {e.strerror}") from None
+        if create:
+            create_target(target, is_dir)
+        elif not os.path.lexists(target):
+            raise SetupError(f"mount target {target} does not exist; create it, or mount it under a tmpfs")
+        do_mount(src, target, None, MS_BIND | MS_REC, None, f"cannot bind {src} on {target}")
+        if readonly:
+            make_readonly(target)
+        return
+    if create:
+        create_target(target, True)
+    elif not os.path.isdir(target):
+        raise SetupError(f"mount target {target} is not an existing directory")
+    flags = MS_NOSUID | MS_NODEV
+    if kind == "hide":
+        flags |= MS_RDONLY | MS_NOEXEC
+    do_mount("tmpfs", target, "tmpfs", flags, f"size={size},mode={mode}",
+             f"cannot mount tmpfs on {target}")
+
+
+def loopback_up():
+    # A new network namespace starts with lo down; SIOCSIFFLAGS on any socket of it brings it up.
+    sock = libc.socket(2, 2, 0)  # AF_INET, SOCK_DGRAM
+    _check(0 if sock >= 0 else -1, "cannot open a socket to configure lo")
+    ifreq = ctypes.create_string_buffer(b"lo", 40)
+    try:
+        _check(libc.ioctl(sock, SIOCGIFFLAGS, ifreq), "cannot read lo's flags")
+        flags = int.from_bytes(ifreq.raw[16:18], sys.byteorder) | IFF_UP
+        ctypes.memmove(ctypes.addressof(ifreq) + 16, flags.to_bytes(2, sys.byteorder), 2)
+        _check(libc.ioctl(sock, SIOCSIFFLAGS, ifreq), "cannot bring lo up")
+    finally:
+        os.close(sock)
+
+
+# ---- the payload's hardening ---------------------------------------------------------------
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def tiocsti_filter(abis):
+    """A classic-BPF seccomp program: ioctl(fd, TIOCSTI or TIOCLINUX, ...) fails with EPERM.
+
+    TIOCSTI pushes bytes into a terminal's input queue: a payload sharing the caller's terminal
+    could type commands into the caller's shell after the sandbox exits.
+    """
+    LD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
+    ALLOW, DENY, KILL = 0x7FFF0000, 0x00050000 | EPERM, 0x80000000
+    # seccomp_data: nr at 0, arch at 4, args[] at 16; ioctl's request is args[1], an unsigned
+    # int for the kernel: compare its low 32 bits.
+    low = 24 if sys.byteorder == "little" else 28
+    code = [("ld", 4)]
+    for i, (arch, _nr, _x32) in enumerate(abis):
+        code.append(("jeq", arch, f"abi{i}", None))
+    code.append(("ret", KILL))
+    for i, (_arch, nr, x32) in enumerate(abis):
+        code.append(("label", f"abi{i}"))
+        code.append(("ld", 0))
+        if x32:
+            code.append(("jge", x32, "deny", None))
+        code.append(("jeq", nr, "check", "allow"))
+    code += [("label", "check"), ("ld", low), ("jeq", TIOCSTI, "deny", None),
+             ("jeq", TIOCLINUX, "deny", None), ("label", "allow"), ("ret", ALLOW),
+             ("label", "deny"), ("ret", DENY)]
+    labels, pos = {}, 0
+    for item in code:
+        if item[0] == "label":
+            labels[item[1]] = pos
+        else:
+            pos += 1
+    out, pos = [], 0
+    for item in code:
+        if item[0] == "label":
+            continue
+        pos += 1
+        if item[0] == "ld":
+            out.append((LD, 0, 0, item[1]))
+        elif item[0] == "ret":
+            out.append((RET, 0, 0, item[1]))
+        else:
+            jt = labels[item[2]] - pos if item[2] else 0
+            jf = labels[item[3]] - pos if item[3] else 0
+            out.append((JEQ if item[0] == "jeq" else JGE, jt, jf, item[1]))
+    return out
+
+
+def install_seccomp(abis):
+    program = tiocsti_filter(abis)
+    filters = (SockFilter * len(program))(*[SockFilter(*ins) for ins in program])
+    prog = SockFprog(len(program), filters)
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0),
+           "cannot install the seccomp filter")
+
+
+def enter_user_namespace(inside_uid, inside_gid):
+    """The payload's own user namespace, mapping inside ids to ours (the outer root = the caller).
+
+    What `unshare --user --map-user=U --map-group=G` does, done here so that a failure is
+    reported as sandboxer's (exit 125) rather than as the command's exit status 1. Mounts
+    made before it belong to a more privileged mount namespace owner: the payload, even as root
+    in its namespace, cannot unmount or remount them.
+    """
+    _check(libc.unshare(CLONE_NEWUSER), "cannot create the payload's user namespace")
+    for name, text in (("uid_map", f"{inside_uid} 0 1\n"), ("setgroups", "deny"),
+                       ("gid_map", f"{inside_gid} 0 1\n")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+
+def exec_payload(argv, env):
+    """execvp() with the payload's PATH, telling 'not found' (127) from 'not executable' (126)."""
+    name = argv[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in env.get("PATH", "").split(":")]
+    denied = None
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            if e.errno in (2, 20):  # ENOENT, ENOTDIR
+                continue
+            denied = denied or f"{path}: {e.strerror}"
+    if denied:
+        status(f"N126 cannot execute {denied}\n")
+        os._exit(126)
+    where = "" if "/" in name else " in the sandbox's PATH"
+    status(f"N127 command not found{where}: {name}\n")
+    os._exit(127)
+
+
+def payload_child(cfg, keyctl_nr, abis):
+    for sig in (*FORWARDED, ORPHANED, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        if cfg["tty"]:
+            # Own foreground job on the caller's terminal: Ctrl-C and job control reach it and
+            # not the sandbox's init; TIOCSTI is refused by the filter below.
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                os.tcsetpgrp(0, os.getpid())
+            except OSError:
+                pass
+            signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+        else:
+            # Own session: no controlling terminal, so TIOCSTI has nothing to inject into.
+            os.setsid()
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        _check(0 if libc.syscall(ctypes.c_long(keyctl_nr), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                                 None) >= 0 else -1, "cannot create a fresh session keyring")
+        enter_user_namespace(*cfg["inner"])
+        try:
+            os.chdir(cfg["cwd"])
+        except OSError as e:
+            raise SetupError(f"cannot change to the working directory {cfg['cwd']}: {e.strerror}") from None
+        _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs")
+        install_seccomp(abis)
+        # Only fds 0-2 reach the payload; the status pipe is close-on-exec and stays for errors.
+        os.closerange(3, STATUS_FD)
+        os.closerange(STATUS_FD + 1, 65536)
+        os.set_inheritable(STATUS_FD, False)
+    except (SetupError, OSError) as e:
+        die(str(e))
+    exec_payload(cfg["argv"], cfg["env"])
+
+
+# ---- init ----------------------------------------------------------------------------------
+def descendants():
+    """Every descendant of this process, from /proc/<pid>/task/<tid>/children."""
+    found, todo = [], [os.getpid()]
+    while todo and len(found) < 100000:
+        pid = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def kill_descendants():
+    # Without a PID namespace nothing kills what the payload left running; as a subreaper the
+    # stage has inherited all of it. Kill until none is left (bounded).
+    for _ in range(50):
+        pids = descendants()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+def main():
+    os.dup2(STDERR_FD, 2)
+    os.close(STDERR_FD)
+    chunks = []
+    while True:
+        chunk = os.read(CONFIG_FD, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(CONFIG_FD)
+    cfg = marshal.loads(b"".join(chunks))
+    # The payload must not read this process's memory or fds through /proc.
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if not cfg["pid"]:
+        # No PID namespace: become the subreaper of everything the payload starts, and learn
+        # of the supervisor's death (unshare exec'd us, so our parent is the supervisor).
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        signal.signal(ORPHANED, lambda *_: (kill_descendants(), os._exit(125)))
+        libc.prctl(PR_SET_PDEATHSIG, int(ORPHANED), 0, 0, 0)
+        if os.getppid() != cfg["ppid"]:
+            os._exit(125)
+    arch = ARCHES.get(os.uname().machine)
+    if arch is None:
+        die(f"no TIOCSTI filter for this architecture ({os.uname().machine}); refusing to run")
+    keyctl_nr, abis = arch
+    try:
+        for op in cfg["mounts"]:
+            apply_mount(op)
+        if cfg["lo"]:
+            loopback_up()
+        if cfg["hostname"]:
+            name = cfg["hostname"].encode()
+            _check(libc.sethostname(name, len(name)), "cannot set the hostname")
+    except SetupError as e:
+        die(str(e))
+    except OSError as e:
+        die(f"setup failed: {e}")
+    status("R")
+    ready, _, _ = select.select([CONTROL_FD], [], [], GO_TIMEOUT)
+    if not ready or os.read(CONTROL_FD, 1) != b"G":
+        os._exit(125)  # the supervisor is gone or gave up: never run the payload
+
+    mask = (*FORWARDED, signal.SIGCHLD)
+    signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    payload = os.fork()
+    if payload == 0:
+        payload_child(cfg, keyctl_nr, abis)
+        os._exit(125)
+    os.close(CONTROL_FD)
+
+    def forward(sig, _frame):
+        # The payload leads its own process group (setsid or setpgid): signal the whole job.
+        try:
+            os.kill(-payload, sig)
+        except OSError:
+            try:
+                os.kill(payload, sig)
+            except OSError:
+                pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    if cfg["tty"]:
+        try:
+            os.setpgid(payload, payload)  # the child does it too: whichever runs first wins
+        except OSError:
+            pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, mask)
+    while True:
+        try:
+            pid, wstatus = os.waitpid(-1, 0)
+        except ChildProcessError:
+            wstatus = 125 << 8
+            break
+        if pid == payload:
+            break
+    status(f"X{wstatus}\n")
+    if not cfg["pid"]:
+        kill_descendants()
+    if os.WIFSIGNALED(wstatus):
+        os._exit(128 + os.WTERMSIG(wstatus))
+    os._exit(os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else 125)
+
+
+if __name__ == "__main__":
+    main()

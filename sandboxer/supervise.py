@@ -1,0 +1,334 @@
+"""The supervisor: the only module with side effects on the host.
+
+It spawns the plan's outer hop (unshare ... -- python3 -I -S stage.py) as a child that dies with
+it, hands the stage its config, waits (bounded) for "ready", does parent-side work, says "go",
+forwards signals, and turns the outcome into sandboxer's exit status.
+
+On the hot path: imports only os, signal, select, marshal, fcntl (and prctl in the child).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import marshal
+import os
+import select
+import signal
+import sys
+
+from .errors import EXIT_FAILURE, SandboxerError
+
+SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take milliseconds
+REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid")
+
+
+def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The payload's environment: the allowlist from the caller, then fixed and set values."""
+    keep = recipe["keep"]
+    assert isinstance(keep, list)
+    exact = {k for k in keep if not k.endswith("*")}
+    prefixes = tuple(k[:-1] for k in keep if k.endswith("*"))
+    env = {k: v for k, v in environ.items() if k in exact or (prefixes and k.startswith(prefixes))}
+    env.setdefault("PATH", str(recipe["path"]))
+    for pairs in (recipe["fixed"], recipe["set"]):
+        env.update(pairs)  # type: ignore[arg-type]
+    return env
+
+
+def _interactive() -> bool:
+    """stdin is a terminal and we are its foreground job: the payload takes the foreground."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def diagnose(unshare_message: str) -> SandboxerError:
+    """Why could no user namespace be made? Name the setting to change."""
+
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    said = f" (unshare said: {unshare_message})" if unshare_message else ""
+    if not os.path.exists("/proc/self/ns/user"):
+        return SandboxerError(
+            f"this kernel has no user namespaces{said}",
+            "use a kernel built with CONFIG_USER_NS=y",
+        )
+    if read("/proc/sys/user/max_user_namespaces") == "0":
+        return SandboxerError(
+            f"user namespaces are disabled: user.max_user_namespaces is 0{said}",
+            "run: sudo sysctl -w user.max_user_namespaces=15000",
+        )
+    if read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        return SandboxerError(
+            f"unprivileged user namespaces are disabled: kernel.unprivileged_userns_clone is 0{said}",
+            "run: sudo sysctl -w kernel.unprivileged_userns_clone=1",
+        )
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return SandboxerError(
+            f"AppArmor restricts unprivileged user namespaces{said}",
+            "run: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, "
+            "or install an AppArmor profile that allows userns for /usr/bin/unshare",
+        )
+    if "No space left on device" in unshare_message:
+        return SandboxerError(
+            f"the limit on user namespaces is reached{said}",
+            "raise user.max_user_namespaces, or end other sandboxes/containers",
+        )
+    return SandboxerError(f"cannot create the sandbox's namespaces{said}", "see --debug")
+
+
+def _find_child(pid: int) -> int:
+    """unshare --fork's child (our stage), from the kernel's list of its children."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+        if kids:
+            return int(kids[0])
+    except OSError:
+        pass
+    for entry in os.listdir("/proc"):  # kernels without CONFIG_PROC_CHILDREN
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    return int(entry)
+            except (OSError, IndexError, ValueError):
+                continue
+    return pid
+
+
+class Supervisor:
+    def __init__(self, recipe: dict[str, object], argv: list[str] | None, *, debug: bool = False):
+        self.recipe = recipe
+        self.argv = argv or list(recipe["command"])  # type: ignore[call-overload]
+        self.debug = debug
+        self.tty = _interactive()
+        self.child = 0
+        self.stage = 0
+        self.pending: list[int] = []
+        self.buffer = b""
+        self.messages: list[str] = []
+
+    # ---- spawning ------------------------------------------------------------------------------
+    def _spawn(self) -> tuple[int, int, int, int]:
+        outer = list(self.recipe["outer"])  # type: ignore[call-overload]
+        cfg = {k: self.recipe[k] for k in STAGE_KEYS}
+        cfg.update(tty=self.tty, env=build_env(self.recipe, os.environ), argv=self.argv,
+                   ppid=os.getpid())
+        blob = marshal.dumps(cfg)
+        cfg_r, cfg_w = os.pipe()
+        st_r, st_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        err_r, err_w = os.pipe()
+        if self.debug:
+            import shlex
+
+            print(f"sandboxer: debug: spawning {shlex.join(outer)}", file=sys.stderr)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - replaced by exec
+            try:
+                self._child(parent, outer, (cfg_r, st_w, ctl_r, 2), err_w)
+            finally:
+                os._exit(EXIT_FAILURE)
+        self.child = pid
+        for fd in (cfg_r, st_w, ctl_r, err_w):
+            os.close(fd)
+        try:
+            os.write(cfg_w, blob)
+        except BrokenPipeError:
+            pass  # unshare failed early; its exit explains why
+        finally:
+            os.close(cfg_w)
+        os.set_blocking(err_r, False)
+        return st_r, ctl_w, err_r, os.pidfd_open(pid)
+
+    @staticmethod
+    def _child(parent: int, outer: list[str], fds: tuple[int, ...], err_w: int) -> None:
+        import prctl
+
+        # Own process group: the terminal's Ctrl-C reaches the supervisor (which forwards it),
+        # not unshare, which would die of it and take the stage down without the payload
+        # getting its signal.
+        os.setpgid(0, 0)
+        # unshare dies with us: --kill-child then takes the stage (PID 1) and the namespace.
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(EXIT_FAILURE)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+        for target, fd in enumerate(high, start=3):
+            os.dup2(fd, target)
+        os.dup2(err_w, 2)
+        os.closerange(7, 65536)
+        for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.execve(outer[0], outer, {"LC_ALL": "C"})
+
+    # ---- messages from the stage ------------------------------------------------------------
+    def _read_status(self, fd: int) -> bool:
+        """Read what is there; False at EOF."""
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self.buffer += data
+        while self.buffer:
+            if self.buffer[:1] == b"R":
+                self.messages.append("R")
+                self.buffer = self.buffer[1:]
+                continue
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                break
+            self.messages.append(self.buffer[:end].decode("utf-8", "replace"))
+            self.buffer = self.buffer[end + 1:]
+        return True
+
+    def _on_signal(self, sig: int, _frame: object) -> None:
+        self.pending.append(sig)
+
+    # ---- the run -------------------------------------------------------------------------------
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
+        old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        fds: list[int] = [wake_r, wake_w]
+        try:
+            st_r, ctl_w, err_r, pidfd = self._spawn()
+            fds += [st_r, ctl_w, err_r, pidfd]
+            return self._supervise(st_r, ctl_w, err_r, pidfd, wake_r)
+        finally:
+            if self.child:
+                self._reap()
+            if self.tty:
+                try:
+                    os.tcsetpgrp(0, os.getpgrp())  # take the terminal back from the payload
+                except OSError:
+                    pass
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            signal.signal(signal.SIGTTOU, old_ttou)
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _reap(self) -> None:
+        """unshare must be gone when we return; kill it (and so the sandbox) if it lingers."""
+        try:
+            pidfd = os.pidfd_open(self.child)
+        except OSError:
+            pidfd = -1
+        if pidfd >= 0:
+            ready, _, _ = select.select([pidfd], [], [], REAP_TIMEOUT)
+            os.close(pidfd)
+            if not ready:
+                try:
+                    os.kill(self.child, signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            os.waitpid(self.child, 0)
+        except ChildProcessError:
+            pass
+        self.child = 0
+
+    def _supervise(self, st_r: int, ctl_w: int, err_r: int, pidfd: int, wake_r: int) -> int:
+        import time
+
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        ready = False
+        exit_status: int | None = None
+        failure: SandboxerError | None = None
+        code = 0
+        st_open = True
+        while True:
+            timeout = None if ready else max(0.0, deadline - time.monotonic())
+            watch = [pidfd, wake_r] + ([st_r] if st_open else [])
+            readable, _, _ = select.select(watch, [], [], timeout)
+            if not readable and not ready:
+                raise SandboxerError(
+                    f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug"
+                )
+            if wake_r in readable:
+                try:
+                    os.read(wake_r, 512)
+                except OSError:
+                    pass
+                sigs, self.pending = self.pending, []
+                for sig in sigs:
+                    if not ready:
+                        # Interrupted during setup: nothing of the payload ran; end it all.
+                        os.killpg(self.child, signal.SIGKILL)
+                        return 128 + sig
+                    try:
+                        os.kill(self.stage, sig)
+                    except OSError:
+                        pass
+            if st_r in readable:
+                st_open = self._read_status(st_r)
+            while self.messages:
+                msg = self.messages.pop(0)
+                kind, rest = msg[:1], msg[1:]
+                if kind == "R" and not ready:
+                    ready = True
+                    self.stage = _find_child(self.child) if self.recipe["pid"] else self.child
+                    self.parent_side_work()
+                    os.write(ctl_w, b"G")
+                elif kind == "E":
+                    failure = SandboxerError(f"sandbox setup failed: {rest}")
+                elif kind == "N":
+                    number, _, text = rest.partition(" ")
+                    failure = SandboxerError(text, code=int(number))
+                elif kind == "X":
+                    exit_status = int(rest)
+            if exit_status is not None or pidfd in readable:
+                break
+        if failure is not None:
+            raise failure
+        if exit_status is None:
+            # unshare ended and the stage said nothing: it could not even start.
+            _pid, wstatus = os.waitpid(self.child, 0)
+            self.child = 0
+            try:
+                said = os.read(err_r, 4096).decode("utf-8", "replace").strip().splitlines()
+            except OSError:
+                said = []
+            message = said[-1] if said else ""
+            if not ready:
+                raise diagnose(message)
+            if os.WIFSIGNALED(wstatus):
+                raise SandboxerError(f"the sandbox was killed by signal {os.WTERMSIG(wstatus)}")
+            raise SandboxerError("the sandbox ended before the command did")
+        if os.WIFSIGNALED(exit_status):
+            code = 128 + os.WTERMSIG(exit_status)
+        elif os.WIFEXITED(exit_status):
+            code = os.WEXITSTATUS(exit_status)
+        else:
+            code = EXIT_FAILURE
+        return code
+
+    def parent_side_work(self) -> None:
+        """Work done from outside once the namespaces exist (network helpers come here)."""
+
+
+def run(recipe: dict[str, object], argv: list[str] | None, *, debug: bool = False) -> int:
+    return Supervisor(recipe, argv, debug=debug).run()
