@@ -166,7 +166,7 @@ class Plan:
         if self.hostname:
             body.append(f"hostname {q(self.hostname)}")
         body.append(f"cd -- {q(self.cwd)}")
-        env_words = ["env", "-i"]
+        env_words = ["env", "-i", "--"]
         for name in self.env.keep:
             names = LC_NAMES if name == "LC_*" else (name,)
             if name.endswith("*") and name != "LC_*":
@@ -180,7 +180,7 @@ class Plan:
         env_words += [q(f"{k}={v}") for k, v in (*self.env.fixed, *self.env.set)]
         body.append(
             "exec unshare --user " + " ".join(self.inner.unshare_args())
-            + " -- setpriv --no-new-privs -- " + " ".join(env_words) + ' -- "$@"'
+            + " -- setpriv --no-new-privs -- " + " ".join(env_words) + ' "$@"'
         )
         delimiter = "SANDBOXER_STAGE"
         while delimiter in body:
@@ -197,7 +197,8 @@ class Plan:
             *body,
             delimiter,
             ")",
-            " ".join(q(w) if w != '"$stage"' else w for w in outer) + " " + shlex.join(self.command),
+            "exec " + " ".join(q(w) if w != '"$stage"' else w for w in outer) + " "
+            + shlex.join(self.command),
         ]
         return "\n".join(head) + "\n"
 
