@@ -16,12 +16,9 @@ import sys
 from . import __version__
 
 try:  # the builtin module: hashlib's OpenSSL backend costs ~3 ms to load on every run
-    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]
-except ImportError:  # Python 3.12+
-    try:
-        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
-    except ImportError:
-        from hashlib import sha256 as _sha256  # type: ignore[assignment]
+    from _sha256 import sha256 as _sha256
+except ImportError:  # Python 3.12+ (_sha2)
+    from hashlib import sha256 as _sha256
 
 MAX_ENTRIES = 64
 MAX_PROFILE_BYTES = 1024 * 1024
@@ -72,7 +69,7 @@ def key(tokens: list[str], profile: str | None, data: bytes | None, host_key: tu
     )).encode()
     digest = _sha256(material)
     digest.update(data or b"")
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 def load(cache_dir: str, entry: str) -> dict[str, object] | None:

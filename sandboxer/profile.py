@@ -181,10 +181,10 @@ class Profile(_Section):
     """A sandboxer profile: how isolated a command should be."""
 
     description: Text = Field("", description="one line saying what the profile is for")
-    user: User = Field(default_factory=User)
-    home: Home = Field(default_factory=Home)
-    network: Network = Field(default_factory=Network)
-    namespaces: Namespaces = Field(default_factory=Namespaces)
-    command: Command = Field(default_factory=Command)
-    env: Env = Field(default_factory=Env)
+    user: User = User()
+    home: Home = Home()
+    network: Network = Network()
+    namespaces: Namespaces = Namespaces()
+    command: Command = Command()
+    env: Env = Env()
     mounts: list[Mount] = Field(default_factory=list, max_length=256)

@@ -17,13 +17,22 @@ File descriptors from the supervisor:
      unshare's own complaints become one clean error line)
 """
 
+# _signal, not signal: the wrapper imports enum, ~3 ms on every run
+from __future__ import annotations
+
+import _signal as signal
 import ctypes
 import marshal
 import os
 import select
-# _signal, not signal: the wrapper imports enum, ~3 ms on every run
-import _signal as signal
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # never at run time: typing costs milliseconds on every sandbox start
+    from typing import Any, NoReturn
+
+    Abis = tuple[tuple[int, int, int], ...]
+    MountRecipe = tuple[str, str, str, bool, int, str, bool]
 
 CONFIG_FD, STATUS_FD, CONTROL_FD, STDERR_FD = 3, 4, 5, 6
 GO_TIMEOUT = 60.0
@@ -63,30 +72,31 @@ class SetupError(Exception):
     pass
 
 
-def status(message):
+def status(message: str) -> None:
     try:
         os.write(STATUS_FD, message.encode("utf-8", "replace"))
     except OSError:
         pass
 
 
-def die(message):
+def die(message: str) -> NoReturn:
     status("E" + message.replace("\n", " ") + "\n")
     os._exit(125)
 
 
-def _check(result, what):
+def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise SetupError(f"{what}: {os.strerror(err)}")
 
 
-def _b(text):
+def _b(text: str | None) -> bytes | None:
     return text.encode() if text else None
 
 
 # ---- mounts --------------------------------------------------------------------------------
-def do_mount(source, target, fstype, flags, data, what):
+def do_mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None,
+             what: str) -> None:
     _check(libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)), what)
 
 
@@ -95,7 +105,7 @@ class MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def make_readonly(target):
+def make_readonly(target: str) -> None:
     # mount_setattr(2) changes only the flag we name, recursively: a MS_REMOUNT would have to
     # repeat every flag the kernel locked on the source mount (nosuid, nodev...) or fail EPERM.
     attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
@@ -105,7 +115,7 @@ def make_readonly(target):
     _check(0 if result == 0 else -1, f"cannot make {target} read-only")
 
 
-def create_target(target, is_dir):
+def create_target(target: str, is_dir: bool) -> None:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     if is_dir:
@@ -114,7 +124,7 @@ def create_target(target, is_dir):
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
 
 
-def apply_mount(op):
+def apply_mount(op: MountRecipe) -> None:
     kind, source, target, readonly, size, mode, create = op
     if kind in ("pin", "bind"):
         src = target if kind == "pin" else source
@@ -143,7 +153,7 @@ def apply_mount(op):
              f"cannot mount tmpfs on {target}")
 
 
-def loopback_up():
+def loopback_up() -> None:
     # A new network namespace starts with lo down; SIOCSIFFLAGS on any socket of it brings it up.
     sock = libc.socket(2, 2, 0)  # AF_INET, SOCK_DGRAM
     _check(0 if sock >= 0 else -1, "cannot open a socket to configure lo")
@@ -167,7 +177,7 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def tiocsti_filter(abis):
+def tiocsti_filter(abis: Abis) -> list[tuple[int, int, int, int]]:
     """A classic-BPF seccomp program: ioctl(fd, TIOCSTI or TIOCLINUX, ...) fails with EPERM.
 
     TIOCSTI pushes bytes into a terminal's input queue: a payload sharing the caller's terminal
@@ -178,7 +188,7 @@ def tiocsti_filter(abis):
     # seccomp_data: nr at 0, arch at 4, args[] at 16; ioctl's request is args[1], an unsigned
     # int for the kernel: compare its low 32 bits.
     low = 24 if sys.byteorder == "little" else 28
-    code = [("ld", 4)]
+    code: list[tuple[Any, ...]] = [("ld", 4)]
     for i, (arch, _nr, _x32) in enumerate(abis):
         code.append(("jeq", arch, f"abi{i}", None))
     code.append(("ret", KILL))
@@ -191,13 +201,15 @@ def tiocsti_filter(abis):
     code += [("label", "check"), ("ld", low), ("jeq", TIOCSTI, "deny", None),
              ("jeq", TIOCLINUX, "deny", None), ("label", "allow"), ("ret", ALLOW),
              ("label", "deny"), ("ret", DENY)]
-    labels, pos = {}, 0
+    labels: dict[str, int] = {}
+    pos = 0
     for item in code:
         if item[0] == "label":
             labels[item[1]] = pos
         else:
             pos += 1
-    out, pos = [], 0
+    out: list[tuple[int, int, int, int]] = []
+    pos = 0
     for item in code:
         if item[0] == "label":
             continue
@@ -213,7 +225,7 @@ def tiocsti_filter(abis):
     return out
 
 
-def install_seccomp(abis):
+def install_seccomp(abis: Abis) -> None:
     program = tiocsti_filter(abis)
     filters = (SockFilter * len(program))(*[SockFilter(*ins) for ins in program])
     prog = SockFprog(len(program), filters)
@@ -221,7 +233,7 @@ def install_seccomp(abis):
            "cannot install the seccomp filter")
 
 
-def enter_user_namespace(inside_uid, inside_gid):
+def enter_user_namespace(inside_uid: int, inside_gid: int) -> None:
     """The payload's own user namespace, mapping inside ids to ours (the outer root = the caller).
 
     What `unshare --user --map-user=U --map-group=G` does, done here so that a failure is
@@ -239,7 +251,7 @@ def enter_user_namespace(inside_uid, inside_gid):
             os.close(fd)
 
 
-def exec_payload(argv, env):
+def exec_payload(argv: list[str], env: dict[str, str]) -> NoReturn:
     """execvp() with the payload's PATH, telling 'not found' (127) from 'not executable' (126)."""
     name = argv[0]
     if "/" in name:
@@ -262,7 +274,7 @@ def exec_payload(argv, env):
     os._exit(127)
 
 
-def payload_child(cfg, keyctl_nr, abis):
+def payload_child(cfg: dict[str, Any], keyctl_nr: int, abis: Abis) -> NoReturn:
     for sig in (*FORWARDED, ORPHANED, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -299,9 +311,10 @@ def payload_child(cfg, keyctl_nr, abis):
 
 
 # ---- init ----------------------------------------------------------------------------------
-def descendants():
+def descendants() -> list[int]:
     """Every descendant of this process, from /proc/<pid>/task/<tid>/children."""
-    found, todo = [], [os.getpid()]
+    found: list[int] = []
+    todo = [os.getpid()]
     while todo and len(found) < 100000:
         pid = todo.pop()
         try:
@@ -319,7 +332,7 @@ def descendants():
     return found
 
 
-def kill_descendants():
+def kill_descendants() -> None:
     # Without a PID namespace nothing kills what the payload left running; as a subreaper the
     # stage has inherited all of it. Kill until none is left (bounded).
     for _ in range(50):
@@ -339,7 +352,7 @@ def kill_descendants():
                 break
 
 
-def main():
+def main() -> None:
     os.dup2(STDERR_FD, 2)
     os.close(STDERR_FD)
     chunks = []
@@ -356,7 +369,11 @@ def main():
         # No PID namespace: become the subreaper of everything the payload starts, and learn
         # of the supervisor's death (unshare exec'd us, so our parent is the supervisor).
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        signal.signal(ORPHANED, lambda *_: (kill_descendants(), os._exit(125)))
+        def orphaned(_sig: int, _frame: object) -> None:
+            kill_descendants()
+            os._exit(125)
+
+        signal.signal(ORPHANED, orphaned)
         libc.prctl(PR_SET_PDEATHSIG, int(ORPHANED), 0, 0, 0)
         if os.getppid() != cfg["ppid"]:
             os._exit(125)
@@ -389,7 +406,7 @@ def main():
         os._exit(125)
     os.close(CONTROL_FD)
 
-    def forward(sig, _frame):
+    def forward(sig: int, _frame: object) -> None:
         # The payload leads its own process group (setsid or setpgid): signal the whole job.
         try:
             os.kill(-payload, sig)

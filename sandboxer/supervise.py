@@ -9,12 +9,12 @@ On the hot path: imports only os, signal, select, marshal, fcntl (and prctl in t
 
 from __future__ import annotations
 
+# _signal, not signal: the wrapper imports enum, ~3 ms on every run
+import _signal as signal
 import fcntl
 import marshal
 import os
 import select
-# _signal, not signal: the wrapper imports enum, ~3 ms on every run
-import _signal as signal
 import sys
 
 from .errors import EXIT_FAILURE, SandboxerError
@@ -35,7 +35,8 @@ def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[s
     env = {k: v for k, v in environ.items() if k in exact or (prefixes and k.startswith(prefixes))}
     env.setdefault("PATH", str(recipe["path"]))
     for pairs in (recipe["fixed"], recipe["set"]):
-        env.update(pairs)  # type: ignore[arg-type]
+        assert isinstance(pairs, list)
+        env.update((str(k), str(v)) for k, v in pairs)
     return env
 
 

@@ -298,7 +298,7 @@ def test_no_pid_namespace_still_cleans_up_on_exit(home: Path) -> None:
 
 def test_fails_closed_without_user_namespaces(home: Path) -> None:
     # In a user namespace of our own we may set its limit of nested namespaces to 0.
-    script = f'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
     out = subprocess.run(
         ["unshare", "--user", "--map-root-user", "--", "/bin/sh", "-c", script, "sh", str(BIN),
          "run", CLEAN, "--", "touch", str(home / "ran")],
