@@ -69,5 +69,5 @@ def test_ctrl_c_interrupts_the_foreground_job_not_the_sandbox(tmux) -> None:  # 
     time.sleep(0.3)
     keys("C-z")
     assert wait_for(lambda: "Stopped" in screen()), screen()
-    keys("kill %1; exit 3", "Enter")
+    keys("kill -9 %1; wait; exit 3", "Enter")
     assert wait_for(lambda: status.exists() and status.read_text().strip() == "3"), screen()

@@ -239,9 +239,24 @@ def test_cache_hit_and_invalidation(home: Path, tmp_path: Path) -> None:
     assert sbx([str(profile), "--", "hostname"], home).stdout.strip() == "two"
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_strays():  # type: ignore[no-untyped-def]
+    """A failing test must not leave a sandbox running: kill what _start started."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def _start(home: Path, args: list[str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen([str(BIN), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, cwd=home, env=caller_env(home))
+    STARTED.append(proc)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc
