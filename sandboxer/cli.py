@@ -1,4 +1,4 @@
-"""The command line: `sandboxer run|check|explain`. The only place that catches SandboxerError.
+"""The command line: `sandboxer run|check|explain|rootfs`. The only place that catches SandboxerError.
 
 `run` stays light: on a plan-cache hit it imports no pydantic, no tomllib, no argparse.
 """
@@ -58,7 +58,19 @@ def _dispatch(args: Args) -> int:
         return _check(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "rootfs":
+        return _rootfs(args)
     return _run(args)
+
+
+def _rootfs(args: Args) -> int:
+    from .rootfs_import import import_tarball
+
+    given = [value for opt, _spelling, value in args.overrides if opt.name == "sha256"]
+    sha256 = given[-1] if given else None
+    _verb, tarball, directory = args.positionals
+    print(import_tarball(tarball, directory, sha256=sha256))
+    return 0
 
 
 def _check(args: Args) -> int:

@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "show the compiled plan: one line per step, a shell script, or JSON",
         "sandboxer explain [--shell|--json] [OPTIONS] [PROFILE.toml] [OPTIONS] [--] [COMMAND [ARG...]]",
     ),
+    "rootfs": (
+        "import a root filesystem tarball into a directory, safely and as you",
+        "sandboxer rootfs import [--sha256 HEX] TARBALL DIR",
+    ),
 }
 
 OPTIONS: tuple[Opt, ...] = (
@@ -100,9 +104,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("shell", kind="flag", scopes=("explain",),
         help="print the plan as a shell script a person can read and run"),
     Opt("json", kind="flag", scopes=("explain",), help="print the plan as JSON"),
-    Opt("debug", kind="flag", scopes=("run", "check", "explain"),
+    Opt("sha256", kind="value", metavar="HEX", scopes=("rootfs",),
+        help="the tarball's expected SHA-256 (64 hex digits); checked before anything is unpacked"),
+    Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs"),
         help="show Python tracebacks and the chain being run"),
-    Opt("help", kind="flag", scopes=("run", "check", "explain"), help="show this help and exit"),
+    Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs"), help="show this help and exit"),
 )
 
 BY_SPELLING: dict[str, Opt] = {s: o for o in OPTIONS for s in o.spellings()}
@@ -115,7 +121,7 @@ class UsageError(Exception):
 class Args:
     """The parsed command line."""
 
-    __slots__ = ("command", "profiles", "overrides", "argv", "flags", "tokens")
+    __slots__ = ("command", "profiles", "overrides", "argv", "flags", "tokens", "positionals")
 
     def __init__(self, command: str) -> None:
         self.command = command
@@ -126,6 +132,8 @@ class Args:
         self.flags: set[str] = set()
         # the sandbox-describing tokens, for the plan cache key
         self.tokens: list[str] = []
+        # positional arguments of commands that take them (rootfs: VERB TARBALL DIR)
+        self.positionals: list[str] = []
 
 
 def parse(argv: Sequence[str]) -> Args:
@@ -146,7 +154,10 @@ def parse(argv: Sequence[str]) -> Args:
         tok = rest[i]
         i += 1
         if tok == "--":
-            args.argv = rest[i:]
+            if command == "rootfs":
+                args.positionals += rest[i:]
+            else:
+                args.argv = rest[i:]
             break
         if tok.startswith("--"):
             name, eq, value = tok.partition("=")
@@ -178,6 +189,8 @@ def parse(argv: Sequence[str]) -> Args:
             raise UsageError(f"unknown option {tok!r}; options are spelled --name (see --help)")
         if command == "check":
             args.profiles.append(tok)
+        elif command == "rootfs":
+            args.positionals.append(tok)
         elif not args.profiles and tok.endswith(".toml"):
             args.profiles.append(tok)
             args.tokens += ("--profile", tok)
@@ -189,7 +202,20 @@ def parse(argv: Sequence[str]) -> Args:
         raise UsageError("only one profile can be given")
     if command == "check" and not args.profiles and "help" not in args.flags:
         raise UsageError("check needs at least one profile")
+    if command == "rootfs" and "help" not in args.flags:
+        _check_rootfs(args.positionals)
     return args
+
+
+def _check_rootfs(positionals: Sequence[str]) -> None:
+    if not positionals:
+        raise UsageError("rootfs needs a verb; usage: sandboxer rootfs import TARBALL DIR")
+    if positionals[0] != "import":
+        raise UsageError(f"unknown rootfs verb {positionals[0]!r}; expected 'import' "
+                         "(sandboxer rootfs import TARBALL DIR)")
+    if len(positionals) != 3:
+        raise UsageError(f"rootfs import needs TARBALL and DIR, got {len(positionals) - 1} argument(s); "
+                         "usage: sandboxer rootfs import TARBALL DIR [--sha256 HEX]")
 
 
 def _unknown(name: str, command: str) -> str:
