@@ -343,7 +343,7 @@ class Plan:
             '    rm -f "$api"; rmdir "$netdir"',
             "    # slirp4netns does not exit when the namespace dies: stop it when unshare ends",
             "    while kill -0 $$ 2>/dev/null; do sleep 0.5; done",
-            '    kill "$slirp"',
+            '    kill "$slirp"; wait "$slirp" 2>/dev/null || true',
             ") </dev/null &",
         ]
         return lines
