@@ -6,7 +6,20 @@ import posixpath
 
 from .errors import SandboxerError
 from .host import HostFacts
-from .plan import DEFAULT_KEEP, EnvRule, MountOp, Plan, UserMap
+from .plan import (
+    API_SOCKET,
+    DEFAULT_KEEP,
+    NAMESERVER,
+    SLIRP_EXIT_FD,
+    SLIRP_READY_FD,
+    STAGE_PID,
+    EnvRule,
+    Forward,
+    MountOp,
+    NetworkPlan,
+    Plan,
+    UserMap,
+)
 from .profile import MIB, Profile
 
 TMPFS_DEFAULT_SIZE = 64 * MIB
@@ -35,7 +48,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         # --kill-child: unshare's child (our stage, PID 1) gets SIGKILL when unshare dies,
         # and unshare itself gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG).
         outer += ["--pid", "--fork", "--kill-child", "--mount-proc"]
-    if profile.network.mode == "none":
+    if profile.network.mode in ("none", "slirp4netns"):
         namespaces.append("net")
         outer.append("--net")
     if ns.uts:
@@ -55,7 +68,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         outer=tuple(outer),
         mounts=tuple(mounts),
         hostname=ns.hostname if ns.uts else "",
-        loopback_up=profile.network.mode == "none",
+        loopback_up=profile.network.mode in ("none", "slirp4netns"),
         inner=_usermap(profile, host),
         cwd=cwd,
         env=_env(profile, host, home),
@@ -63,6 +76,51 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         pid=ns.pid,
         hardening=HARDENING,
         cache_dir=host.cache_dir,
+        network=_network(profile, host),
+    )
+
+
+def _network(profile: Profile, host: HostFacts) -> NetworkPlan | None:
+    net = profile.network
+    if net.mode != "slirp4netns":
+        return None
+    slirp = host.tools.get("slirp4netns", "")
+    if not slirp:
+        raise SandboxerError(
+            "slirp4netns not found in /usr/bin, /bin, /usr/sbin or /sbin (network.mode = 'slirp4netns')",
+            "install slirp4netns 1.x (apt install slirp4netns), or use --net none",
+        )
+    argv = [slirp, "--configure", "--mtu=65520"]
+    warnings = []
+    if net.allow_host_loopback:
+        warnings.append("the sandbox can reach services on the host's 127.0.0.1 through 10.0.2.2 "
+                        "(network.allow_host_loopback)")
+    else:
+        argv.append("--disable-host-loopback")
+    argv += ["--enable-sandbox", "--enable-seccomp", f"--ready-fd={SLIRP_READY_FD}",
+             f"--exit-fd={SLIRP_EXIT_FD}"]
+    if net.forwards:
+        argv.append(f"--api-socket={API_SOCKET}")
+    # The target is the stage's pid: slirp4netns joins its net namespace and the user namespace
+    # that owns it (the outer one, the stage's; not the payload's nested one). The explicit
+    # --userns-path/--netns-type=path form breaks --enable-sandbox in slirp4netns 1.2.
+    argv += [STAGE_PID, "tap0"]
+    forwards = tuple(Forward(f.proto, f.host_addr, f.host_port, f.guest_port) for f in net.forwards)
+    for fwd in forwards:
+        if fwd.host_addr != "127.0.0.1":
+            warnings.append(f"forward {fwd.describe()} listens on {fwd.host_addr}, not only 127.0.0.1: "
+                            "other hosts or users may reach the sandbox")
+    name = profile.namespaces.hostname if profile.namespaces.uts else ""
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if name:
+        hosts += f"10.0.2.100\t{name}\n"
+    return NetworkPlan(
+        mode="slirp4netns",
+        argv=tuple(argv),
+        forwards=forwards,
+        warnings=tuple(warnings),
+        resolv_conf=f"nameserver {NAMESERVER}\n",
+        hosts=hosts,
     )
 
 

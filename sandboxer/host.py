@@ -14,7 +14,9 @@ from .errors import SandboxerError
 # Tools are looked up in fixed system directories, never in the caller's PATH:
 # a PATH entry the payload could write must not decide what runs outside it.
 SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
-TOOLS = ("unshare",)
+TOOLS = ("unshare", "slirp4netns")
+# Testing hook only: a slirp4netns to use instead of the system one (for fakes in the tests).
+SLIRP_OVERRIDE_ENV = "SANDBOXER_SLIRP4NETNS"
 STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage.py")
 
 
@@ -65,7 +67,8 @@ class HostFacts:
         """Fixed facts for golden tests and docs."""
         facts: dict[str, object] = dict(
             uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
-            cwd="/home/alice/src/project", tools={"unshare": "/usr/bin/unshare"},
+            cwd="/home/alice/src/project",
+            tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns"},
             python="/usr/bin/python3", stage="/usr/lib/python3/dist-packages/sandboxer/stage.py",
             cache_dir="/home/alice/.cache/sandboxer",
             cache_pins=("/home/alice", "/home/alice/.cache"),
@@ -130,6 +133,10 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
             f"cannot read the current directory: {e.strerror}", "cd to a directory that exists"
         ) from None
     tools = {name: find_tool(name) for name in TOOLS}
+    override = env.get(SLIRP_OVERRIDE_ENV, "")
+    if override:
+        # For the test suite's fake helpers; part of the facts, so of the plan cache key too.
+        tools["slirp4netns"] = override
     cache = os.path.realpath(cache_dir(env, home))
     return HostFacts(
         uid=uid, gid=gid, user=user, home=home, shell=shell or "/bin/sh", cwd=cwd,

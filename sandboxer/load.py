@@ -167,6 +167,13 @@ def apply_overrides(
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ProfileError([f"option {spelled}: the profile's '{section}' is not a table"])
+        if opt.kind == "forward":
+            sub = table.setdefault(leaf, [])
+            if not isinstance(sub, list):
+                raise ProfileError([f"option {spelled}: the profile's '{opt.key}' is not a list"])
+            origin[(section, leaf, len(sub))] = spelled
+            sub.append(_forward_from_option(spelled, value or ""))
+            continue
         if opt.kind == "bool":
             table[leaf] = not spelled.startswith("--no-")
             origin[(section, leaf)] = spelled
@@ -185,6 +192,28 @@ def apply_overrides(
             table[leaf] = value
             origin[(section, leaf)] = spelled
     return origin
+
+
+_FORWARD_RE = re.compile(
+    r"^(?:(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<addr>[0-9.]+)):)?(?P<host>[0-9]+):(?P<guest>[0-9]+)"
+    r"(?:/(?P<proto>tcp|udp))?$"
+)
+
+
+def _forward_from_option(spelled: str, value: str) -> dict[str, Any]:
+    """[ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]; an IPv6 ADDR goes in brackets."""
+    m = _FORWARD_RE.match(value.strip())
+    if not m:
+        raise ProfileError([
+            f"option {spelled}: expected [ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp] "
+            f"(e.g. 8080:80 or 127.0.0.1:8080:80/tcp), got {value!r}"
+        ])
+    fwd: dict[str, Any] = {"host_port": int(m.group("host")), "guest_port": int(m.group("guest")),
+                           "proto": m.group("proto") or "tcp"}
+    addr = m.group("v6") or m.group("addr")
+    if addr:
+        fwd["host_addr"] = addr
+    return fwd
 
 
 def _mount_from_option(name: str, spelled: str, value: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 class Opt:
     """One command-line option.
 
-    kind: "choice" | "value" | "bool" (with a --no- twin) | "mount" | "env" | "append" | "flag"
+    kind: "choice" | "value" | "bool" (with a --no- twin) | "mount" | "env" | "append" | "forward"
+          | "flag"
     key: the profile key it overrides (dotted), or "" for options of the command line itself.
     complete: how shells complete its value: "choices", "file", "dir", "env", "" (anything).
     """
@@ -79,9 +80,15 @@ OPTIONS: tuple[Opt, ...] = (
         help="HOME: 'host' (your real home) or 'tmpfs' (empty, throwaway, size-limited)"),
     Opt("home-size", kind="value", key="home.size", metavar="SIZE",
         help="size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)"),
-    Opt("net", kind="choice", key="network.mode", metavar="MODE", choices=("host", "none"),
-        complete="choices",
-        help="network: 'host' (no network namespace) or 'none' (own namespace with only lo)"),
+    Opt("net", kind="choice", key="network.mode", metavar="MODE",
+        choices=("host", "none", "slirp4netns"), complete="choices",
+        help="network: 'host' (no network namespace), 'none' (own namespace with only lo) or "
+             "'slirp4netns' (own namespace, user-mode networking through slirp4netns)"),
+    Opt("allow-host-loopback", kind="bool", key="network.allow_host_loopback",
+        help="slirp4netns: let the sandbox reach the host's 127.0.0.1 through 10.0.2.2 (default off)"),
+    Opt("forward", kind="forward", key="network.forwards", metavar="[ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]",
+        help="slirp4netns: forward the host's ADDR:HOST_PORT (ADDR default 127.0.0.1) to GUEST_PORT "
+             "inside; repeatable"),
     Opt("pid", kind="bool", key="namespaces.pid",
         help="own PID namespace with a fresh /proc (default on)"),
     Opt("ipc", kind="bool", key="namespaces.ipc", help="own IPC namespace (default on)"),

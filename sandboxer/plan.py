@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
@@ -110,6 +110,70 @@ class EnvRule:
         return f"environment: keep {' '.join(self.keep)}; set {shlex.join(parts)}"
 
 
+# Placeholders in the slirp4netns argv, filled in by the supervisor at run time.
+STAGE_PID = "{stage}"  # the stage's pid as the host sees it
+API_SOCKET = "{api}"  # the API socket, in a private 0700 directory
+SLIRP_READY_FD, SLIRP_EXIT_FD = 3, 4
+GUEST_ADDR, GATEWAY, NAMESERVER = "10.0.2.100", "10.0.2.2", "10.0.2.3"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One host port forwarded into the sandbox through slirp4netns's API (add_hostfwd)."""
+
+    proto: str
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+    def describe(self) -> str:
+        addr = f"[{self.host_addr}]" if ":" in self.host_addr else self.host_addr
+        return f"{addr}:{self.host_port} -> {self.guest_port}/{self.proto}"
+
+    def request(self) -> str:
+        """The API request, one JSON line (every field is validated: no quoting needed)."""
+        return (
+            f'{{"execute": "add_hostfwd", "arguments": {{"proto": "{self.proto}", '
+            f'"host_addr": "{self.host_addr}", "host_port": {int(self.host_port)}, '
+            f'"guest_port": {int(self.guest_port)}}}}}'
+        )
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """slirp4netns: started by the supervisor once the sandbox's net namespace exists."""
+
+    mode: str
+    argv: tuple[str, ...]  # with STAGE_PID and API_SOCKET placeholders
+    forwards: tuple[Forward, ...]
+    warnings: tuple[str, ...]
+    resolv_conf: str
+    hosts: str
+
+    def describe(self) -> list[str]:
+        lines = [
+            f"supervisor: start {shlex.join(self.argv)} ({STAGE_PID}: the stage's pid; slirp4netns "
+            "joins its network namespace and the user namespace owning it)",
+            "supervisor: wait (bounded) for slirp4netns to be ready: tap0 "
+            f"{GUEST_ADDR}/24, default route via {GATEWAY}, DNS at {NAMESERVER}",
+        ]
+        lines += [f"supervisor: forward {fwd.describe()} (add_hostfwd over {API_SOCKET})"
+                  for fwd in self.forwards]
+        if self.forwards:
+            lines.append(f"supervisor: remove {API_SOCKET} and its directory")
+        lines += [f"supervisor: warning: {w}" for w in self.warnings]
+        lines.append("supervisor: watch slirp4netns: if it dies, kill the sandbox (exit 125)")
+        return lines
+
+    def recipe(self) -> dict[str, object]:
+        return {
+            "argv": list(self.argv),
+            "forwards": [fwd.request() for fwd in self.forwards],
+            "shown": [fwd.describe() for fwd in self.forwards],
+            "warnings": list(self.warnings),
+        }
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything one sandbox run does, in order."""
@@ -127,6 +191,7 @@ class Plan:
     pid: bool
     hardening: tuple[str, ...]
     cache_dir: str
+    network: NetworkPlan | None = None
 
     # ---- renderings -------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -137,11 +202,17 @@ class Plan:
             lines.append("stage: runs as PID 1: forwards signals to the payload, reaps orphans")
         for op in self.mounts:
             lines.append(f"stage: {op.describe()}")
+        if self.network:
+            lines.append(f"stage: mount a resolv.conf naming {NAMESERVER} over /etc/resolv.conf")
+            lines.append("stage: mount an /etc/hosts naming localhost and the hostname over /etc/hosts")
+            lines.append("stage: set net.ipv4.ip_unprivileged_port_start=0 in the new network namespace")
         if self.loopback_up:
             lines.append("stage: bring lo up in the new network namespace")
         if self.hostname:
             lines.append(f"stage: set hostname {self.hostname}")
         lines.append("stage: report ready; supervisor: parent-side work, then go")
+        if self.network:
+            lines += self.network.describe()
         lines.append(
             "stage: fork the payload: own session (or own foreground job on a terminal), "
             "fresh session keyring"
@@ -161,10 +232,21 @@ class Plan:
         body = ["set -eu"]
         for op in self.mounts:
             body += [f"# {op.describe()}", *op.shell()]
+        if self.network:
+            body += self._network_stage_shell()
         if self.loopback_up:
             body.append("ip link set lo up")
         if self.hostname:
             body.append(f"hostname {q(self.hostname)}")
+        if self.network:
+            body += [
+                "# wait (bounded) until slirp4netns, started outside, has configured tap0",
+                "i=0",
+                f"until ip -4 -o addr show dev tap0 2>/dev/null | grep -q {GUEST_ADDR}; do",
+                "    i=$((i + 1)); [ $i -le 200 ] || { echo 'network not ready' >&2; exit 125; }",
+                "    sleep 0.05",
+                "done",
+            ]
         body.append(f"cd -- {q(self.cwd)}")
         env_words = ["env", "-i", "--"]
         for name in self.env.keep:
@@ -197,10 +279,74 @@ class Plan:
             *body,
             delimiter,
             ")",
-            "exec " + " ".join(q(w) if w != '"$stage"' else w for w in outer) + " "
-            + shlex.join(self.command),
         ]
+        if self.network:
+            head += self._network_outside_shell()
+        head.append(
+            "exec " + " ".join(q(w) if w != '"$stage"' else w for w in outer) + " "
+            + shlex.join(self.command)
+        )
         return "\n".join(head) + "\n"
+
+    def _network_stage_shell(self) -> list[str]:
+        assert self.network is not None
+        q = shlex.quote
+        return [
+            "# resolv.conf and hosts: written in a throwaway tmpfs, bound over /etc's files",
+            "netfiles=$(mktemp -d)",
+            'mount -t tmpfs -o size=64k,mode=0755 tmpfs "$netfiles"',
+            f'printf %s {q(self.network.resolv_conf)} > "$netfiles/resolv.conf"',
+            f'printf %s {q(self.network.hosts)} > "$netfiles/hosts"',
+            'mount --bind "$netfiles/resolv.conf" /etc/resolv.conf',
+            'mount --bind "$netfiles/hosts" /etc/hosts',
+            'umount -l "$netfiles"; rmdir "$netfiles"',
+            "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ]
+
+    def _network_outside_shell(self) -> list[str]:
+        """Start slirp4netns from outside once the sandbox exists: a background job that finds
+        the stage (unshare, exec'd below, keeps this shell's pid $$)."""
+        assert self.network is not None
+        q = shlex.quote
+        argv = []
+        for word in self.network.argv:
+            word = "$$" if word == STAGE_PID else q(word).replace(API_SOCKET, "'\"$api\"'")
+            argv.append(word)
+        argv = [w for w in argv if not w.startswith(("--ready-fd", "--exit-fd"))]
+        lines = [
+            "# network: slirp4netns, started from outside against the sandbox's first process",
+            "netdir=$(mktemp -d)  # private (0700): holds the API socket",
+            'api="$netdir/api.sock"',
+            "(",
+            "    i=0",
+            "    while :; do  # unshare (exec'd below with this shell's pid) made the namespaces",
+            '        if [ "$(readlink /proc/$$/ns/net)" != "$(readlink /proc/self/ns/net)" ] &&',
+            "            grep -q . /proc/$$/uid_map 2>/dev/null; then break; fi",
+            "        i=$((i + 1)); [ $i -le 200 ] || exit 1; sleep 0.05",
+            "    done",
+            "    " + " ".join(argv) + " >/dev/null 2>&1 &",
+            "    slirp=$!",
+        ]
+        if self.network.forwards:
+            lines += [
+                '    i=0; until [ -S "$api" ]; do i=$((i + 1)); [ $i -le 200 ] || exit 1; sleep 0.05; done',
+            ]
+            for fwd in self.network.forwards:
+                lines += [
+                    f"    # forward {fwd.describe()}",
+                    "    python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); "
+                    "s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()); "
+                    "s.shutdown(socket.SHUT_WR); print(s.recv(4096).decode())' "
+                    f'"$api" {q(fwd.request())} >&2',
+                ]
+        lines += [
+            '    rm -f "$api"; rmdir "$netdir"',
+            "    # slirp4netns does not exit when the namespace dies: stop it when unshare ends",
+            "    while kill -0 $$ 2>/dev/null; do sleep 0.5; done",
+            '    kill "$slirp"; wait "$slirp" 2>/dev/null || true',
+            ") </dev/null &",
+        ]
+        return lines
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -224,4 +370,6 @@ class Plan:
             "path": self.env.default_path,
             "command": list(self.command),
             "cache_dir": self.cache_dir,
+            "net": self.network.recipe() if self.network else None,
+            "netfiles": (self.network.resolv_conf, self.network.hosts) if self.network else None,
         }

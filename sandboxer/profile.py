@@ -80,12 +80,68 @@ class Home(_Section):
     size: Size = Field(256 * MIB, description="size limit of a tmpfs home (1M to 64G)")
 
 
+def _ip(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"expected an IPv4 or IPv6 address such as 127.0.0.1, got {value!r}") from None
+
+
+Port = Annotated[int, Field(ge=1, le=65535, description="a port number, 1 to 65535")]
+
+
+class Forward(_Section):
+    """[[network.forwards]]: one port of the host forwarded into the sandbox (slirp4netns only)."""
+
+    host_addr: Text = Field(
+        "127.0.0.1",
+        description="the host address to listen on; anything but 127.0.0.1 prints a warning",
+    )
+    host_port: Port = Field(description="the host port to listen on")
+    guest_port: Port = Field(description="the port inside the sandbox")
+    proto: Literal["tcp", "udp"] = Field("tcp", description="'tcp' or 'udp'")
+
+    @field_validator("host_addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        return _ip(value)
+
+
 class Network(_Section):
     """[network]: what network the command sees."""
 
-    mode: Literal["host", "none"] = Field(
-        "none", description="'host': the host's network; 'none': an own namespace with only lo"
+    mode: Literal["host", "none", "slirp4netns"] = Field(
+        "none",
+        description="'host': the host's network; 'none': an own namespace with only lo; "
+        "'slirp4netns': an own namespace with user-mode networking (tap0 10.0.2.100/24)",
     )
+    allow_host_loopback: bool = Field(
+        False,
+        description="slirp4netns: let the sandbox reach the host's 127.0.0.1 through 10.0.2.2",
+    )
+    forwards: list[Forward] = Field(
+        default_factory=list, max_length=64,
+        description="host ports forwarded into the sandbox (slirp4netns only)",
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> Network:
+        if self.mode != "slirp4netns":
+            if self.forwards:
+                raise ValueError(f"'forwards' need mode = 'slirp4netns', not {self.mode!r}")
+            if self.allow_host_loopback:
+                raise ValueError(f"'allow_host_loopback' needs mode = 'slirp4netns', not {self.mode!r}")
+        seen = set()
+        for fwd in self.forwards:
+            key = (fwd.proto, fwd.host_addr, fwd.host_port)
+            if key in seen:
+                raise ValueError(
+                    f"two forwards of {fwd.proto} {fwd.host_addr}:{fwd.host_port}; keep one"
+                )
+            seen.add(key)
+        return self
 
 
 class Namespaces(_Section):

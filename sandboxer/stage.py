@@ -39,6 +39,9 @@ GO_TIMEOUT = 60.0
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_BIND, MS_REC = 4096, 16384
+MNT_DETACH = 2
+# where the stage briefly mounts a tmpfs to write resolv.conf and hosts (first that exists)
+SCRATCH_DIRS = ("/tmp", "/run", "/mnt", "/var/tmp")
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the unified table)
@@ -151,6 +154,51 @@ def apply_mount(op: MountRecipe) -> None:
         flags |= MS_RDONLY | MS_NOEXEC
     do_mount("tmpfs", target, "tmpfs", flags, f"size={size},mode={mode}",
              f"cannot mount tmpfs on {target}")
+
+
+def bind_target(path: str) -> str:
+    """Where to bind a file over path: path itself, or what its symlink chain names."""
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        if not os.path.isfile(real):
+            raise SetupError(f"{path} is a symlink to {real}, which is not a regular file; "
+                             "cannot mount the sandbox's own over it")
+        return real
+    if not os.path.isfile(path):
+        raise SetupError(f"{path} is not a regular file; cannot mount the sandbox's own over it")
+    return path
+
+
+def network_files(resolv: str, hosts: str) -> None:
+    """Mount a resolv.conf naming slirp4netns's DNS and an /etc/hosts naming the hostname.
+
+    The files live in a small tmpfs mounted for a moment on a scratch directory, bound over
+    /etc's files (read-only), then the tmpfs is detached: the binds keep the files alive.
+    """
+    scratch = next((d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)), None)
+    if scratch is None:
+        raise SetupError("no scratch directory (/tmp, /run, /mnt) to write resolv.conf in")
+    do_mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755",
+             f"cannot mount a tmpfs on {scratch}")
+    try:
+        for name, text in (("resolv.conf", resolv), ("hosts", hosts)):
+            path = os.path.join(scratch, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            target = bind_target("/etc/" + name)
+            do_mount(path, target, None, MS_BIND, None, f"cannot bind the sandbox's {name} on {target}")
+            make_readonly(target)
+    finally:
+        libc.umount2(_b(scratch), MNT_DETACH)
+    # a payload mapped to itself can listen on port 80 inside
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", "w") as f:
+            f.write("0")
+    except OSError as e:
+        raise SetupError(f"cannot set net.ipv4.ip_unprivileged_port_start: {e.strerror}") from None
 
 
 def loopback_up() -> None:
@@ -384,6 +432,8 @@ def main() -> None:
     try:
         for op in cfg["mounts"]:
             apply_mount(op)
+        if cfg["netfiles"]:
+            network_files(*cfg["netfiles"])
         if cfg["lo"]:
             loopback_up()
         if cfg["hostname"]:

@@ -19,11 +19,15 @@ import sys
 
 from .errors import EXIT_FAILURE, SandboxerError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .slirp import Slirp
+
 SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take milliseconds
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid")
+STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid", "netfiles")
 
 
 def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -120,6 +124,7 @@ class Supervisor:
         self.pending: list[int] = []
         self.buffer = b""
         self.messages: list[str] = []
+        self.net: Slirp | None = None
 
     # ---- spawning ------------------------------------------------------------------------------
     def _spawn(self) -> tuple[int, int, int, int]:
@@ -218,6 +223,9 @@ class Supervisor:
         finally:
             if self.child:
                 self._reap()
+            if self.net is not None:
+                self.net.stop()
+                self.net = None
             if self.tty:
                 try:
                     os.tcsetpgrp(0, os.getpgrp())  # take the terminal back from the payload
@@ -265,7 +273,13 @@ class Supervisor:
         while True:
             timeout = None if ready else max(0.0, deadline - time.monotonic())
             watch = [pidfd, wake_r] + ([st_r] if st_open else [])
+            if self.net is not None:
+                watch.append(self.net.pidfd)
             readable, _, _ = select.select(watch, [], [], timeout)
+            if self.net is not None and self.net.pidfd in readable and exit_status is None:
+                # The network helper died under the payload: never leave it without one.
+                self._kill_sandbox()
+                raise self.net.died()
             if not readable and not ready:
                 raise SandboxerError(
                     f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug"
@@ -293,7 +307,11 @@ class Supervisor:
                 if kind == "R" and not ready:
                     ready = True
                     self.stage = _find_child(self.child) if self.recipe["pid"] else self.child
-                    self.parent_side_work()
+                    try:
+                        self.parent_side_work()
+                    except BaseException:
+                        self._kill_sandbox()  # the payload never runs
+                        raise
                     os.write(ctl_w, b"G")
                 elif kind == "E":
                     failure = SandboxerError(f"sandbox setup failed: {rest}")
@@ -328,8 +346,26 @@ class Supervisor:
             code = EXIT_FAILURE
         return code
 
+    def _kill_sandbox(self) -> None:
+        try:
+            if self.recipe["pid"]:
+                os.killpg(self.child, signal.SIGKILL)  # PID 1 dies: the kernel kills the rest
+            elif self.stage:
+                # no PID namespace: the stage (a subreaper) kills what the payload started
+                os.kill(self.stage, signal.SIGPWR)
+            else:
+                os.killpg(self.child, signal.SIGKILL)
+        except OSError:
+            pass
+
     def parent_side_work(self) -> None:
-        """Work done from outside once the namespaces exist (network helpers come here)."""
+        """Work done from outside once the namespaces exist: the network helper."""
+        net = self.recipe.get("net")
+        if net:
+            from .slirp import Slirp
+
+            self.net = Slirp(net, self.stage, debug=self.debug)  # type: ignore[arg-type]
+            self.net.start()
 
 
 def run(recipe: dict[str, object], argv: list[str] | None, *, debug: bool = False) -> int:

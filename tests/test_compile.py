@@ -142,3 +142,32 @@ def test_json_round_trip() -> None:
 def test_missing_unshare_is_a_clear_error() -> None:
     with pytest.raises(SandboxerError, match="unshare.*not found"):
         plan_for([], tools={"unshare": ""})
+
+
+def test_slirp4netns_plan() -> None:
+    plan = plan_for([str(PROFILES / "web-dev.toml"), "--forward", "[::1]:9000:9000/udp"])
+    assert "--net" in plan.outer and "net" in plan.namespaces and plan.loopback_up
+    net = plan.network
+    assert net is not None
+    assert net.argv[0] == "/usr/bin/slirp4netns" and net.argv[-2:] == ("{stage}", "tap0")
+    assert "--disable-host-loopback" in net.argv and "--api-socket={api}" in net.argv
+    assert [f.describe() for f in net.forwards] == ["127.0.0.1:8080 -> 80/tcp", "[::1]:9000 -> 9000/udp"]
+    assert len(net.warnings) == 1 and "::1" in net.warnings[0]
+    steps = plan.describe()
+    assert "supervisor: forward 127.0.0.1:8080 -> 80/tcp (add_hostfwd over {api})" in steps
+    recipe = plan.recipe()
+    assert recipe["netfiles"] == ("nameserver 10.0.2.3\n", net.hosts)
+    assert '"host_port": 8080' in recipe["net"]["forwards"][0]  # type: ignore[index]
+
+
+def test_slirp4netns_allow_host_loopback_and_no_forwards() -> None:
+    plan = plan_for(["--net", "slirp4netns", "--allow-host-loopback"])
+    assert plan.network is not None
+    assert "--disable-host-loopback" not in plan.network.argv
+    assert not any(w.startswith("--api-socket") for w in plan.network.argv)
+    assert plan.network.warnings and "10.0.2.2" in plan.network.warnings[0]
+
+
+def test_slirp4netns_missing() -> None:
+    with pytest.raises(SandboxerError, match="slirp4netns not found"):
+        plan_for(["--net", "slirp4netns"], tools={"unshare": "/usr/bin/unshare"})

@@ -30,7 +30,7 @@ def problems(tmp_path: Path, content: str | bytes, *options: str) -> list[str]:
         ("[netwrok]\nmode = 'none'\n", r"p.toml:1: netwrok: unknown key 'netwrok'; did you mean 'network'\?"),
         ("[home]\nmoed = 'host'\n", r"p.toml:2: home.moed: unknown key 'moed'; did you mean 'mode'\?"),
         ("[namespaces]\n\npid = 'yes'\n", r"p.toml:3: namespaces.pid: expected a boolean \(true or false\), got 'yes'"),
-        ("[network]\nmode = 'slirp'\n", r"p.toml:2: network.mode: expected one of 'host' or 'none', got 'slirp'"),
+        ("[network]\nmode = 'slirp'\n", r"p.toml:2: network.mode: expected one of 'host', 'none' or 'slirp4netns', got 'slirp'"),
         ("[home]\nsize = '1T'\n", r"p.toml:2: home.size: expected a size such as"),
         ("[home]\nsize = 10\n", r"p.toml:2: home.size: out of range: expected at least 1048576, got 10"),
         ("[home]\nsize = '100G'\n", r"p.toml:2: home.size: out of range: expected at most"),
@@ -89,7 +89,7 @@ def test_unreadable(tmp_path: Path) -> None:
 
 def test_errors_from_flags_name_the_flag(tmp_path: Path) -> None:
     assert problems(tmp_path, "", "--net", "wifi")[0] == (
-        "option --net: expected one of 'host' or 'none', got 'wifi'")
+        "option --net: expected one of 'host', 'none' or 'slirp4netns', got 'wifi'")
     assert problems(tmp_path, "", "--home-size", "3")[0].startswith("option --home-size: out of range")
     assert problems(tmp_path, "", "--hostname", "a b")[0].startswith("option --hostname: expected a hostname")
     assert problems(tmp_path, "", "--env", "noequals")[0] == "option --env: expected NAME=VALUE, got 'noequals'"
@@ -137,3 +137,25 @@ def test_cli_directory_and_fifo(tmp_path: Path) -> None:
         out = subprocess.run([str(BIN), "run", "--profile", str(target), "--", "true"],
                              capture_output=True, text=True, env=env, timeout=20)
         assert out.returncode == 125 and out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("8080:80", {"host_port": 8080, "guest_port": 80, "proto": "tcp"}),
+    ("0.0.0.0:53:53/udp", {"host_addr": "0.0.0.0", "host_port": 53, "guest_port": 53, "proto": "udp"}),
+    ("[::1]:8080:80/tcp", {"host_addr": "::1", "host_port": 8080, "guest_port": 80, "proto": "tcp"}),
+])
+def test_forward_option(value: str, expected: dict[str, object]) -> None:
+    from sandboxer.load import _forward_from_option
+
+    assert _forward_from_option("--forward", value) == expected
+
+
+def test_forward_problems(tmp_path: Path) -> None:
+    assert problems(tmp_path, "", "--forward", "8080")[0].startswith(
+        "option --forward: expected [ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]")
+    assert problems(tmp_path, "", "--net", "slirp4netns", "--forward", "70000:80")[0].startswith(
+        "option --forward: out of range: expected at most 65535")
+    assert "need mode = 'slirp4netns'" in problems(tmp_path, "", "--forward", "8080:80")[0]
+    assert "expected an IPv4 or IPv6 address" in problems(tmp_path, "[network]\nmode = 'slirp4netns'\n"
+                                         "[[network.forwards]]\nhost_addr = 'localhost'\n"
+                                         "host_port = 1\nguest_port = 2\n")[0]
