@@ -10,10 +10,11 @@ files can be committed and checked:
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,10 @@ def _code(text: str) -> str:
     return _roff(text).replace("-", "\\-")
 
 
+def _sentence(text: str) -> str:
+    return _roff(text.rstrip(".")) + "."
+
+
 def _bold(text: str) -> str:
     return f"\\fB{_code(text)}\\fR"
 
@@ -89,6 +94,7 @@ def _header(name: str, section: int, title: str) -> list[str]:
         f'.\\" {GENERATED_BY}',
         f'.\\" {GENERATED_FROM}.',
         f'.TH {name.upper()} {section} "" "sandboxer {__version__}" "{title}"',
+        ".nh",
     ]
 
 
@@ -257,7 +263,7 @@ def _type_name(annotation: Any, meta: Sequence[Any]) -> tuple[str, tuple[str, ..
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = tuple(str(c) for c in typing.get_args(annotation))
-        return "string, one of " + ", ".join(f'"{c}"' for c in choices), choices
+        return "string", choices
     if origin is list:
         item, _ = _type_name(typing.get_args(annotation)[0], ())
         return f"array of {item}s", ()
@@ -294,8 +300,26 @@ def _toml(value: object, type_: str) -> str:
     return str(value)
 
 
+def _range(meta: Sequence[Any], type_: str) -> str:
+    """' (1M to 64G)' from Ge/Le constraints, wherever pydantic left them."""
+    low = high = None
+    for m in meta:
+        if isinstance(m, FieldInfo):
+            inner = _range(m.metadata, type_)
+            if inner:
+                return inner
+        low = getattr(m, "ge", low)
+        high = getattr(m, "le", high)
+    if low is None or high is None:
+        return ""
+    if type_.startswith("size"):
+        return f", {_toml(low, type_).strip(chr(34))} to {_toml(high, type_).strip(chr(34))}"
+    return f", {low} to {high}"
+
+
 def _key(name: str, field: FieldInfo) -> Key:
     type_, choices = _type_name(field.annotation, field.metadata)
+    type_ += _range([*field.metadata, *_unwrap(field.annotation, ())[1]], type_)
     if field.is_required():
         default = "required"
     elif field.default_factory is not None:
@@ -307,24 +331,43 @@ def _key(name: str, field: FieldInfo) -> Key:
     return Key(name, type_, choices, default, field.description or "")
 
 
-def _sections() -> Iterator[tuple[str, str, type[BaseModel] | None, list[Key]]]:
-    """(heading, description, model, keys): the top level first, then each [section]."""
-    top: list[Key] = []
-    nested: list[tuple[str, str, type[BaseModel], list[Key]]] = []
-    for name, field in profile.Profile.model_fields.items():
-        annotation = field.annotation
-        is_list = typing.get_origin(annotation) is list
-        model = typing.get_args(annotation)[0] if is_list else annotation
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            heading = f"[[{name}]]" if is_list else f"[{name}]"
-            doc = (model.__doc__ or "").strip().splitlines()[0]
-            doc = doc.removeprefix(heading + ":").strip()
-            keys = [_key(n, f) for n, f in model.model_fields.items()]
-            nested.append((heading, doc, model, keys))
-        else:
-            top.append(_key(name, field))
-    yield "top level", "keys outside any table", None, top
-    yield from nested
+def _table(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the model of a table or array of tables, whether it is an array)."""
+    is_list = typing.get_origin(annotation) is list
+    model = typing.get_args(annotation)[0] if is_list else annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model, is_list
+    return None, False
+
+
+class Section:
+    """One table of the profile: its dotted path ('' at the top), heading, description and keys."""
+
+    def __init__(self, path: str, heading: str, doc: str, array: bool, keys: list[Key]):
+        self.path = path
+        self.heading = heading
+        self.doc = doc
+        self.array = array
+        self.keys = keys
+
+
+def sections(model: type[BaseModel] = profile.Profile, path: str = "") -> list[Section]:
+    """Every table of the profile, the top level first, nested tables after their parent."""
+    keys: list[Key] = []
+    nested: list[Section] = []
+    for name, field in model.model_fields.items():
+        sub, is_list = _table(field.annotation)
+        if sub is None:
+            keys.append(_key(name, field))
+            continue
+        dotted = f"{path}.{name}" if path else name
+        heading = f"[[{dotted}]]" if is_list else f"[{dotted}]"
+        doc = (sub.__doc__ or "").strip().splitlines()[0].removeprefix(heading + ":").strip()
+        subs = sections(sub, dotted)
+        subs[0].heading, subs[0].doc, subs[0].array = heading, doc, is_list
+        nested += subs
+    top = Section(path, "", "", False, keys)
+    return [top, *nested]
 
 
 def man_profile() -> str:
@@ -339,9 +382,9 @@ def man_profile() -> str:
         "[\\fIOPTIONS\\fR] [\\fB\\-\\-\\fR] [\\fICOMMAND\\fR [\\fIARG\\fR...]]",
         ".SH DESCRIPTION",
         "A profile is a TOML file saying how isolated a command should be.",
-        "Every key is optional and has a safe default; an unknown key, a value of the wrong type",
-        "or one outside its allowed values is an error naming the file, line and dotted key,",
-        "and",
+        "Every key is optional unless marked required, and has a safe default; an unknown key, a",
+        "value of the wrong type or one outside its allowed values is an error naming the file,",
+        "line and dotted key, and",
         ".B sandboxer check",
         "validates profiles without running anything.",
         ".PP",
@@ -360,33 +403,29 @@ def man_profile() -> str:
         ".BR command.argv .",
         ".SH KEYS",
     ]
-    for heading, doc, model, keys in _sections():
-        out.append(f".SS {_code(heading)}" if model else ".SS Top level")
-        out.append(_roff(doc[:1].upper() + doc[1:]) + ".")
-        section = heading.strip("[]")
-        if model is profile.Mount:
-            spelled = [
-                f"{_bold('--' + o.name)} {_ital(o.metavar)}" for o in flags.get(section, [])
-            ]
-            out += [
-                "Each table is one mount, made in order after HOME.",
-                "Flags: " + ", ".join(spelled) + " (each adds one mount of the type of its name).",
-            ]
-        for key in keys:
-            dotted = f"{section}.{key.name}" if model else key.name
+    for section in sections():
+        out.append(f".SS {_code(section.heading)}" if section.path else ".SS Top level")
+        if section.doc:
+            out.append(_sentence(section.doc))
+        if section.array:
+            spelled = [f"{_bold('--' + o.name)} {_ital(o.metavar)}" for o in flags.get(section.path, [])]
+            out.append(f"Each {_code(section.heading)} table adds one, in the order given.")
+            if spelled:
+                out.append("Flags: " + ", ".join(spelled) + ".")
+        for key in section.keys:
+            dotted = f"{section.path}.{key.name}" if section.path else key.name
             tag = _bold(key.name)
-            key_flags = [o for o in flags.get(dotted, [])]
+            key_flags = flags.get(dotted, [])
             if key_flags:
                 tag += " (" + ", ".join(_bold(s) for o in key_flags for s in o.spellings()) + ")"
-            out += [".TP", tag, _roff(key.description[:1].upper() + key.description[1:]) + "."]
-            out += [".br", f"Type: {_roff(key.type)}."]
+            out += [".TP", tag, _sentence(key.description)]
+            line = f"Type: {_roff(key.type)}."
             if key.choices:
-                out[-1] += " Allowed: " + ", ".join(_bold(f'"{c}"') for c in key.choices) + "."
-            out[-1] += f" Default: {_code(key.default)}."
+                line += " Allowed: " + ", ".join(_bold(f'"{c}"') for c in key.choices) + "."
+            line += " Required." if key.default == "required" else f" Default: {_code(key.default)}."
             if dotted == "command.argv":
-                out[-1] += " On the command line: the \\fICOMMAND\\fR [\\fIARG\\fR...] after the profile."
-            elif not key_flags and model is not profile.Mount and dotted != "description":
-                raise AssertionError(f"profile key {dotted} has no flag in sandboxer.options")
+                line += " On the command line: the \\fICOMMAND\\fR [\\fIARG\\fR...] after the profile."
+            out += [".br", line]
     out += [".SH EXAMPLES", "An empty, throwaway HOME; no network; the project bind-mounted inside:"]
     out += _example([
         'description = "offline build of this project"',
@@ -429,24 +468,68 @@ def _value_opts() -> list[Opt]:
     return [o for o in OPTIONS if o.takes_value]
 
 
+def payload_commands() -> list[str]:
+    """The commands that take a profile and then the command to run."""
+    return [c for c, (_summary, usage) in COMMANDS.items() if "COMMAND" in usage]
+
+
+def positionals(command: str) -> tuple[list[str], bool]:
+    """How the positional arguments of a command other than run/explain complete, read from its
+    usage: per argument "toml" (a profile), "file", "dir" or "word:LITERAL"; whether the last repeats."""
+    usage = COMMANDS[command][1]
+    words = re.sub(r"\[[^\]]*\]", " ", usage).split()[2:]
+    specs = []
+    for word in words:
+        base = word.removesuffix("...")
+        if base.endswith(".toml"):
+            specs.append("toml")
+        elif base.islower():
+            specs.append("word:" + base)
+        elif base == "DIR":
+            specs.append("dir")
+        else:
+            specs.append("file")
+    return specs, bool(words) and words[-1].endswith("...")
+
+
+def _other_commands() -> list[str]:
+    return [c for c in COMMANDS if c not in payload_commands()]
+
+
+_BASH_FILES = {
+    "file": 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$3")',
+    "dir": 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3")',
+    "toml": "_sandboxer_profiles \"$3\"",
+}
+
+
 def bash_completion() -> str:
     value_pattern = "|".join(f"--{o.name}" for o in _value_opts())
     cases = []
     for opt in _value_opts():
         if opt.complete == "choices":
             action = f'COMPREPLY=($(compgen -W "{" ".join(opt.choices)}" -- "$2"))'
-        elif opt.complete == "file":
-            action = 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2")'
-        elif opt.complete == "dir":
-            action = 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2")'
         elif opt.complete == "env":
             action = 'COMPREPLY=($(compgen -v -- "$2"))'
+        elif opt.complete in ("file", "dir"):
+            action = _BASH_FILES[opt.complete].replace("$3", "$2")
         else:
             action = "COMPREPLY=()"
         cases.append(f"        --{opt.name}) {action} ;;")
     per_command = [
         f'        {c}) echo "{" ".join(s for o in _scoped(c) for s in o.spellings())}" ;;' for c in COMMANDS
     ]
+    clamps, pos_cases = [], []
+    for command in _other_commands():
+        specs, repeat = positionals(command)
+        if repeat:
+            clamps.append(f"        {command}) ((n > {len(specs) - 1})) && n={len(specs) - 1} ;;")
+        for n, spec in enumerate(specs):
+            if spec.startswith("word:"):
+                action = f'COMPREPLY=($(compgen -W "{spec[5:]}" -- "$3"))'
+            else:
+                action = _BASH_FILES[spec]
+            pos_cases.append(f"        {command}:{n}) {action} ;;")
     return f"""\
 # bash completion for sandboxer(1)
 # {GENERATED_BY}
@@ -458,9 +541,32 @@ _sandboxer_options() {{  # the options of subcommand $1
     esac
 }}
 
+_sandboxer_takes_value() {{
+    case $1 in
+        {value_pattern}) return 0 ;;
+    esac
+    return 1
+}}
+
+_sandboxer_profiles() {{  # profiles, and directories to descend into
+    compopt -o filenames 2>/dev/null
+    mapfile -t COMPREPLY < <(compgen -f -X '!*.toml' -- "$1"; compgen -d -- "$1")
+}}
+
 _sandboxer_value() {{  # complete the value of option $1 from the word $2
     case $1 in
 {chr(10).join(cases)}
+        *) COMPREPLY=() ;;
+    esac
+}}
+
+_sandboxer_positional() {{  # complete positional argument $2 (from 0) of subcommand $1 from the word $3
+    local n=$2
+    case $1 in
+{chr(10).join(clamps)}
+    esac
+    case $1:$n in
+{chr(10).join(pos_cases)}
         *) COMPREPLY=() ;;
     esac
 }}
@@ -473,44 +579,53 @@ _sandboxer() {{
         COMPREPLY=($(compgen -W "{" ".join(COMMANDS)} --help --version" -- "$cur"))
         return 0
     fi
-    local cmd=${{words[1]}}
+    local cmd=${{words[1]}} payload=""
     case $cmd in
-        {"|".join(COMMANDS)}) ;;
+        {"|".join(payload_commands())}) payload=1 ;;
+        {"|".join(_other_commands())}) ;;
         *) return 0 ;;
     esac
     # Walk the words before the cursor: options (with their values; bash splits "--opt=value"
-    # at "="), a profile, then the command to run, which starts at "--" or at the first other
-    # positional argument (check takes only profiles).
-    local i=2 w profile="" start=0 valopt=""
+    # at "="), positional arguments, and for run/explain a profile and then the command to run,
+    # which starts at "--" or at the first other positional argument.
+    local i=2 w profile="" start=0 valopt="" npos=0 dashdash=""
     while ((i < cword)); do
         w=${{words[i]}}
-        if [[ $w == -- ]]; then
-            start=$((i + 1))
-            break
+        if [[ -n $dashdash ]]; then
+            npos=$((npos + 1))
+            i=$((i + 1))
+        elif [[ $w == -- ]]; then
+            if [[ -n $payload ]]; then
+                start=$((i + 1))
+                break
+            fi
+            dashdash=1
+            i=$((i + 1))
         elif [[ $w == --* && ${{words[i + 1]}} == = ]]; then
             if ((i + 2 >= cword)); then
                 valopt=$w
                 [[ $cur == = ]] && cur=""
             fi
             i=$((i + 3))
-        elif [[ $w == @({value_pattern}) ]]; then
+        elif _sandboxer_takes_value "$w"; then
             ((i + 1 == cword)) && valopt=$w
             i=$((i + 2))
         elif [[ $w == -* ]]; then
             i=$((i + 1))
-        elif [[ $cmd != check && -z $profile && $w == *.toml ]]; then
+        elif [[ -n $payload && -z $profile && $w == *.toml ]]; then
             profile=$w
             i=$((i + 1))
-        elif [[ $cmd != check ]]; then
+        elif [[ -n $payload ]]; then
             start=$i
             break
         else
+            npos=$((npos + 1))
             i=$((i + 1))
         fi
     done
     if ((start > 0)); then
         if ((cword == start)); then
-            mapfile -t COMPREPLY < <(compgen -c -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -c -- "$cur" | sort -u)
         elif declare -F _command_offset >/dev/null; then
             _command_offset "$start"
         else
@@ -523,19 +638,20 @@ _sandboxer() {{
         _sandboxer_value "$valopt" "$cur"
         return 0
     fi
-    if [[ $cur == -* ]]; then
+    if [[ $cur == -* && -z $dashdash ]]; then
         COMPREPLY=($(compgen -W "$(_sandboxer_options "$cmd")" -- "$cur"))
         return 0
     fi
-    if [[ $cmd != check && -n $profile ]]; then
-        mapfile -t COMPREPLY < <(compgen -c -- "$cur")
+    if [[ -z $payload ]]; then
+        _sandboxer_positional "$cmd" "$npos" "$cur"
         return 0
     fi
-    # a profile (directories too, to descend into), else the command to run
-    compopt -o filenames 2>/dev/null
-    mapfile -t COMPREPLY < <(compgen -f -X '!*.toml' -- "$cur"; compgen -d -- "$cur")
-    if [[ $cmd != check && ${{#COMPREPLY[@]}} -eq 0 && -n $cur ]]; then
-        mapfile -t COMPREPLY < <(compgen -c -- "$cur")
+    # a profile, else the command to run
+    if [[ -z $profile ]]; then
+        _sandboxer_profiles "$cur"
+    fi
+    if [[ ${{#COMPREPLY[@]}} -eq 0 && ( -n $profile || -n $cur ) ]]; then
+        mapfile -t COMPREPLY < <(compgen -c -- "$cur" | sort -u)
     fi
     return 0
 }}
@@ -554,6 +670,9 @@ def _zdesc(text: str) -> str:
     return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]").replace(":", "\\:")
 
 
+_ZSH_ACTIONS = {"file": "_files", "dir": "_files -/", "toml": "_files -g \"*.toml(-.)\"", "env": "_parameters"}
+
+
 def _zsh_specs(command: str) -> list[str]:
     specs = []
     for opt in _scoped(command):
@@ -565,14 +684,20 @@ def _zsh_specs(command: str) -> list[str]:
         if not opt.takes_value:
             specs.append(f"--{opt.name}{desc}")
             continue
-        repeat = "*" if opt.kind in ("mount", "env", "append") else ""
-        action = {
-            "choices": "(" + " ".join(opt.choices) + ")",
-            "file": "_files",
-            "dir": "_files -/",
-            "env": "_parameters",
-        }.get(opt.complete, " ")
+        repeat = "*" if opt.kind in ("mount", "env", "append", "forward") else ""
+        if opt.complete == "choices":
+            action = "(" + " ".join(opt.choices) + ")"
+        else:
+            action = _ZSH_ACTIONS.get(opt.complete, " ")
         specs.append(f"{repeat}--{opt.name}={desc}:{_zdesc(opt.metavar)}:{action}")
+    if command in payload_commands():
+        return specs
+    args, repeats = positionals(command)
+    for n, spec in enumerate(args, 1):
+        action = f"({spec[5:]})" if spec.startswith("word:") else _ZSH_ACTIONS[spec]
+        what = spec[5:] if spec.startswith("word:") else {"toml": "profile"}.get(spec, spec)
+        position = "*" if repeats and n == len(args) else str(n)
+        specs.append(f"{position}:{what}:{action}")
     return specs
 
 
@@ -582,17 +707,17 @@ def zsh_completion() -> str:
     cases = []
     for command in COMMANDS:
         specs = " \\\n                ".join(_zq(s) for s in _zsh_specs(command))
-        cases.append(f"        {command})\n            args=(\n                {specs}\n            ) ;;")
+        if command in payload_commands():
+            specs += ' \\\n                "*: :_sandboxer_positional ${profile:+1}"'
+        cases.append(f"        ({command})\n            args=(\n                {specs}\n            ) ;;")
     return f"""\
 #compdef sandboxer
 # zsh completion for sandboxer(1)
 # {GENERATED_BY}
 # {GENERATED_FROM}.
 
-_sandboxer_positional() {{  # $1: the subcommand; $2: non-empty once a profile was given
-    if [[ $1 == check ]]; then
-        _files -g '*.toml(-.)'
-    elif [[ -n $2 ]]; then
+_sandboxer_positional() {{  # a profile (until one is given: $1 empty), or the command to run
+    if [[ -n $1 ]]; then
         _command_names -e
     else
         _alternative 'profiles:profile:_files -g "*.toml(-.)"' 'commands:command to run:_command_names -e'
@@ -610,23 +735,26 @@ _sandboxer() {{
         return
     fi
     local cmd=$words[2] w profile= start=0 i=3
-    # the command to run starts at "--" or at the first other positional argument
-    while (( i < CURRENT )); do
-        w=$words[i]
-        case $w in
-            (--) start=$(( i + 1 )); break ;;
-            ({value_opts}) (( i++ )) ;;
-            (-*) ;;
-            (*)
-                if [[ $cmd != check && -z $profile && $w == *.toml ]]; then
-                    profile=$w
-                elif [[ $cmd != check ]]; then
-                    start=$i
-                    break
-                fi ;;
-        esac
-        (( i++ ))
-    done
+    # run, explain: the command to run starts at "--" or at the first positional argument
+    # that is not the profile
+    if [[ $cmd == ({"|".join(payload_commands())}) ]]; then
+        while (( i < CURRENT )); do
+            w=$words[i]
+            case $w in
+                (--) start=$(( i + 1 )); break ;;
+                ({value_opts}) (( i++ )) ;;
+                (-*) ;;
+                (*)
+                    if [[ -z $profile && $w == *.toml ]]; then
+                        profile=$w
+                    else
+                        start=$i
+                        break
+                    fi ;;
+            esac
+            (( i++ ))
+        done
+    fi
     if (( start )); then
         words=("${{(@)words[start,-1]}}")
         (( CURRENT -= start - 1 ))
@@ -639,7 +767,7 @@ _sandboxer() {{
     esac
     words=("${{(@)words[2,-1]}}")
     (( CURRENT-- ))
-    _arguments -S : $args "*: :_sandboxer_positional $cmd ${{profile:+1}}"
+    _arguments -S : $args
 }}
 
 _sandboxer "$@"
@@ -649,6 +777,14 @@ _sandboxer "$@"
 def _fq(text: str) -> str:
     """Single-quote for fish."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_FISH_ARGS = {
+    "file": "-F",
+    "dir": "-x -a '(__fish_complete_directories)'",
+    "toml": "-k -x -a '(__sandboxer_profiles)'",
+    "env": "-x -a '(set --names --export)'",
+}
 
 
 def fish_completion() -> str:
@@ -664,12 +800,8 @@ def fish_completion() -> str:
         cond = _fq("__sandboxer_options " + " ".join(opt.scopes))
         if opt.complete == "choices":
             arg = f"-x -a {_fq(' '.join(opt.choices))}"
-        elif opt.complete == "file":
-            arg = "-r -F"
-        elif opt.complete == "dir":
-            arg = "-x -a '(__fish_complete_directories)'"
-        elif opt.complete == "env":
-            arg = "-x -a '(set --names --export)'"
+        elif opt.complete in _FISH_ARGS:
+            arg = "-r " + _FISH_ARGS[opt.complete] if opt.complete == "file" else _FISH_ARGS[opt.complete]
         elif opt.takes_value:
             arg = "-x"
         else:
@@ -677,9 +809,15 @@ def fish_completion() -> str:
         for spelling in opt.spellings():
             parts = ["complete -c sandboxer -n", cond, "-l", spelling[2:], arg, "-d", _fq(opt.help)]
             lines.append(" ".join(p for p in parts if p))
+    for command in _other_commands():
+        specs, repeat = positionals(command)
+        for n, spec in enumerate(specs):
+            at = f"{n}+" if repeat and n == len(specs) - 1 else str(n)
+            arg = f"-x -a {spec[5:]}" if spec.startswith("word:") else _FISH_ARGS[spec]
+            lines.append(f"complete -c sandboxer -n '__sandboxer_nth {command} {at}' {arg}")
     lines += [
-        "complete -c sandboxer -n '__sandboxer_positional profile' -k -a '(__fish_complete_suffix .toml)'",
-        "complete -c sandboxer -n '__sandboxer_positional command' -a '(__fish_complete_command)'",
+        "complete -c sandboxer -n '__sandboxer_next profile' -k -a '(__sandboxer_profiles)'",
+        "complete -c sandboxer -n '__sandboxer_next command' -a '(__fish_complete_command)'",
         "complete -c sandboxer -n __sandboxer_payload -x -a '(__sandboxer_complete_payload)'",
     ]
     return f"""\
@@ -687,59 +825,85 @@ def fish_completion() -> str:
 # {GENERATED_BY}
 # {GENERATED_FROM}.
 
-# Prints four lines about the words before the cursor: the subcommand; where the cursor is
-# ("options" while options and a profile may come, "value" at an option's value, "payload" in
-# the command to run); the index where the command to run starts (0 if it has not); the profile.
+# Prints five lines about the words before the cursor: the subcommand; where the cursor is
+# ("options" while options and positional arguments may come, "value" at an option's value,
+# "payload" in the command to run); the index where the command to run starts (0 if it has not);
+# the profile (run, explain); the number of positional arguments so far (other subcommands).
 function __sandboxer_state
     set -l tokens (commandline -opc)
     set -l cmd $tokens[2]
+    set -l payload 0
+    contains -- "$cmd" {" ".join(payload_commands())}; and set payload 1
     set -l profile ''
+    set -l npos 0
+    set -l dashdash 0
     set -l n (count $tokens)
     set -l i 3
     while test $i -le $n
         set -l w $tokens[$i]
+        if test $dashdash = 1
+            set npos (math $npos + 1)
+            set i (math $i + 1)
+            continue
+        end
         switch $w
             case --
-                printf '%s\\n' $cmd payload (math $i + 1) $profile
-                return
+                if test $payload = 1
+                    printf '%s\\n' $cmd payload (math $i + 1) "$profile" $npos
+                    return
+                end
+                set dashdash 1
             case {value_opts}
                 if test $i -eq $n
-                    printf '%s\\n' $cmd value 0 $profile
+                    printf '%s\\n' $cmd value 0 "$profile" $npos
                     return
                 end
                 set i (math $i + 1)
             case '-*'
             case '*'
-                if test "$cmd" != check; and test -z "$profile"; and string match -q -- '*.toml' $w
+                if test $payload = 0
+                    set npos (math $npos + 1)
+                else if test -z "$profile"; and string match -q -- '*.toml' $w
                     set profile $w
-                else if test "$cmd" != check
-                    printf '%s\\n' $cmd payload $i $profile
+                else
+                    printf '%s\\n' $cmd payload $i "$profile" $npos
                     return
                 end
         end
         set i (math $i + 1)
     end
-    printf '%s\\n' $cmd options 0 $profile
+    printf '%s\\n' $cmd options 0 "$profile" $npos
+end
+
+function __sandboxer_profiles --description 'profiles, and directories to descend into'
+    __fish_complete_suffix .toml | string match -r -- '^[^\\t]*(?:\\.toml|/)(?:\\t.*)?$'
 end
 
 function __sandboxer_no_subcommand
     test (count (commandline -opc)) -eq 1
 end
 
-function __sandboxer_options --description 'options of the subcommands in $argv are allowed here'
+function __sandboxer_options --description 'options of the subcommands in $argv may come here'
     set -l state (__sandboxer_state)
     contains -- $state[1] $argv; and contains -- $state[2] options value
 end
 
-function __sandboxer_positional --description 'a profile ($argv[1] = profile) or the command may come'
+function __sandboxer_next --description 'run/explain: a profile ($argv[1] = profile) or the command may come'
     set -l state (__sandboxer_state)
-    contains -- $state[1] {" ".join(COMMANDS)}; and test $state[2] = options; or return
+    contains -- $state[1] {" ".join(payload_commands())}; and test $state[2] = options; or return
     string match -q -- '-*' (commandline -ct); and return 1
-    switch $argv[1]
-        case profile
-            test $state[1] = check; or test -z "$state[4]"
-        case command
-            test $state[1] != check
+    test $argv[1] = command; or test -z "$state[4]"
+end
+
+function __sandboxer_nth --description 'positional argument $argv[2] (N or N+, from 0) of $argv[1] comes'
+    set -l state (__sandboxer_state)
+    test "$state[1]" = $argv[1]; and test $state[2] = options; or return
+    string match -q -- '-*' (commandline -ct); and return 1
+    set -l n (string trim -r -c + -- $argv[2])
+    if string match -q -- '*+' $argv[2]
+        test $state[5] -ge $n
+    else
+        test $state[5] -eq $n
     end
 end
 
