@@ -261,16 +261,24 @@ def setup_rootfs(rc: dict[str, Any], pivot_nr: int) -> int:
         scratch = next((d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)), None)
         if scratch is None:
             raise SetupError("no scratch directory (/tmp, /run, /mnt) for the overlay's upper dir")
+        # the tree may live under the scratch directory: name it by an fd opened before
+        lower = os.open(top, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         do_mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700",
                  f"cannot mount a tmpfs on {scratch}")
         try:
             os.mkdir(scratch + "/upper", 0o755)
             os.mkdir(scratch + "/work", 0o700)
-            do_mount("overlay", top, "overlay", 0,
-                     f"lowerdir={top},upperdir={scratch}/upper,workdir={scratch}/work,userxattr",
-                     f"cannot mount an overlay on {top}")
+            work = os.open(scratch, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                do_mount("overlay", f"/proc/self/fd/{lower}", "overlay", 0,
+                         f"lowerdir=/proc/self/fd/{lower},upperdir=/proc/self/fd/{work}/upper,"
+                         f"workdir=/proc/self/fd/{work}/work,userxattr",
+                         f"cannot mount an overlay on {top}")
+            finally:
+                os.close(work)
         finally:
             libc.umount2(_b(scratch), MNT_DETACH)
+            os.close(lower)
     else:
         do_mount(top, top, None, MS_BIND | MS_REC, None, f"cannot bind the rootfs {top} onto itself")
     rootfd = os.open(top, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -80,7 +80,7 @@ def test_double_chroot_escape_fails(rootfs: Path, home: Path, tmp_path: Path, mo
 
 @pytest.mark.parametrize("writes", ["persist", "read-only", "overlay"])
 def test_writes(rootfs: Path, home: Path, writes: str) -> None:
-    out = run(rootfs, home, "touch /foobar && echo wrote; cat /foobar && echo there",
+    out = run(rootfs, home, "touch /foobar && echo wrote; cat /foobar && echo there; exit 0",
               "--map", "root", "--rootfs-writes", writes)
     assert out.returncode == 0, out.stderr  # type: ignore[attr-defined]
     if writes == "read-only":
@@ -114,7 +114,7 @@ def test_symlinked_targets_refused(rootfs: Path, home: Path, tmp_path: Path, lin
     outside = tmp_path / "outside"
     outside.mkdir()
     (rootfs / link).symlink_to(str(outside) if to == "outside" else to)
-    out = run(rootfs, home, "echo ran")
+    out = run(rootfs, home, "echo ran", "--tmpfs", "/home/sub", "--bind", f"{tmp_path}:/home/b")
     assert out.returncode == 125, out.stdout  # type: ignore[attr-defined]
     assert f"/{link} is a symlink; refusing to mount over it" in out.stderr  # type: ignore[attr-defined]
     assert list(outside.iterdir()) == []
