@@ -147,7 +147,7 @@ class RootfsPlan:
         for op in self.mounts:
             lines.append(f"stage: in the new root: {op.describe()}")
         if self.writes == "read-only":
-            lines.append(f"stage: make the new root's own mount read-only (mount_setattr, not "
+            lines.append("stage: make the new root's own mount read-only (mount_setattr, not "
                          "recursive: the mounts above stay as they are)")
         if self.switch == "pivot_root":
             lines.append(f"stage: cd {self.path}; pivot_root . .; umount -l . (the old root is "
