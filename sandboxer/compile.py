@@ -18,6 +18,7 @@ from .plan import (
     MountOp,
     NetworkPlan,
     Plan,
+    RootfsPlan,
     UserMap,
 )
 from .profile import MIB, Profile
@@ -59,9 +60,17 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         outer.append("--ipc")
     outer += ["--", host.python, "-I", "-S", host.stage]
 
-    mounts = _mounts(profile, host)
+    rootfs = _rootfs(profile, host)
+    mounts = _mounts(profile, host, rootfs_mode=rootfs is not None)
     home = host.home
-    cwd = _cwd(profile, host, mounts)
+    if rootfs is not None:
+        cwd = expand(profile.command.cwd, host) if profile.command.cwd is not None else home
+        if profile.network.mode == "slirp4netns" and rootfs.switch == "chroot":
+            raise SandboxerError("rootfs.switch = 'chroot' does not work with slirp4netns yet",
+                                 "use switch = 'pivot_root' (the default)")
+    else:
+        cwd = _cwd(profile, host, mounts)
+    shell = "/bin/sh" if rootfs is not None else host.shell
     return Plan(
         description=profile.description,
         namespaces=tuple(namespaces),
@@ -71,13 +80,57 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         loopback_up=profile.network.mode in ("none", "slirp4netns"),
         inner=_usermap(profile, host),
         cwd=cwd,
-        env=_env(profile, host, home),
-        command=tuple(profile.command.argv or (host.shell,)),
+        env=_env(profile, host, home, shell),
+        command=tuple(profile.command.argv or (shell,)),
         pid=ns.pid,
         hardening=HARDENING,
         cache_dir=host.cache_dir,
         network=_network(profile, host),
+        rootfs=rootfs,
     )
+
+
+def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
+    """Mounts inside another root: targets are paths in it, sources are the host's."""
+    spec = profile.rootfs
+    if spec.path is None:
+        return None
+    path = expand(spec.path, host)
+    if path == "/":
+        raise SandboxerError("rootfs.path: / is the host's own root", "name a root filesystem's directory")
+    if spec.writes == "overlay" and any(c in path for c in ",:\\"):
+        raise SandboxerError(f"rootfs.path: {path} contains ',', ':' or a backslash, which overlayfs "
+                             "cannot take as a lower directory", "move or link the tree elsewhere")
+    ops: list[MountOp] = []
+    if profile.namespaces.pid:
+        ops.append(MountOp("proc", "/proc", create=True, why="the PID namespace's own"))
+    else:
+        ops.append(MountOp("procbind", "/proc", create=True))
+    ops.append(MountOp("dev", "/dev", create=True))
+    ops.append(MountOp("tmpfs", "/tmp", size=TMPFS_DEFAULT_SIZE, mode="1777", create=True))
+    if profile.home.mode == "tmpfs":
+        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", create=True,
+                           why="HOME"))
+    else:
+        ops.append(MountOp("bind", host.home, source=host.home, create=True, why="HOME (the host's)"))
+    for index, mount in enumerate(profile.mounts):
+        key = f"mounts[{index}]"
+        target = expand(mount.target or mount.source or "", host)
+        if target == "/":
+            raise SandboxerError(f"{key}.target: cannot mount over /", "name a directory below /")
+        if mount.type == "tmpfs":
+            ops.append(MountOp("tmpfs", target, size=mount.size or TMPFS_DEFAULT_SIZE, mode="0755",
+                               create=True))
+            continue
+        source = expand(mount.source or "", host)
+        if host.cache_dir and _under(source, host.cache_dir):
+            raise SandboxerError(
+                f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
+                "bind another directory",
+            )
+        ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind",
+                           create=True))
+    return RootfsPlan(path=path, switch=spec.switch, writes=spec.writes, mounts=tuple(ops))
 
 
 def _network(profile: Profile, host: HostFacts) -> NetworkPlan | None:
@@ -143,7 +196,7 @@ def _under(path: str, top: str) -> bool:
     return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
 
 
-def _mounts(profile: Profile, host: HostFacts) -> list[MountOp]:
+def _mounts(profile: Profile, host: HostFacts, rootfs_mode: bool = False) -> list[MountOp]:
     ops: list[MountOp] = []
     # The plan cache must not be writable from inside: pin every user-owned ancestor (the
     # kernel refuses to rename a mount point with EBUSY) and hide the cache itself, before any
@@ -155,6 +208,8 @@ def _mounts(profile: Profile, host: HostFacts) -> list[MountOp]:
             MountOp("hide", host.cache_dir, readonly=True, size=HIDE_SIZE, mode="0555",
                     why="sandboxer's plan cache, out of the payload's reach")
         )
+    if rootfs_mode:
+        return ops  # HOME and the profile's mounts go inside the new root (see _rootfs)
     fresh: list[str] = []  # targets of tmpfs mounts made by this plan: we may create under them
     if profile.home.mode == "tmpfs":
         ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", why="HOME"))
@@ -201,10 +256,10 @@ def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp]) -> str:
     return host.home
 
 
-def _env(profile: Profile, host: HostFacts, home: str) -> EnvRule:
+def _env(profile: Profile, host: HostFacts, home: str, shell: str) -> EnvRule:
     root = profile.user.map == "root"
     name = "root" if root else host.user
-    fixed = (("HOME", home), ("USER", name), ("LOGNAME", name), ("SHELL", host.shell))
+    fixed = (("HOME", home), ("USER", name), ("LOGNAME", name), ("SHELL", shell))
     keep = tuple(dict.fromkeys((*DEFAULT_KEEP, *profile.env.keep)))
     fixed_names = {k for k, _ in fixed}
     keep = tuple(k for k in keep if k not in fixed_names)

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
@@ -23,7 +23,11 @@ LC_NAMES = (
     "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
 )
 
-MountKind = Literal["pin", "hide", "tmpfs", "bind"]
+MountKind = Literal["pin", "hide", "tmpfs", "bind", "proc", "procbind", "dev"]
+# what the stage puts in a minimal /dev: host devices bound onto files, and links
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,15 @@ class MountOp:
 
     def describe(self) -> str:
         create = ", creating it" if self.create else ""
-        if self.kind == "pin":
+        if self.kind == "proc":
+            text = f"mount a fresh proc on {self.target} (nosuid,nodev,noexec{create})"
+        elif self.kind == "procbind":
+            text = f"bind /proc on {self.target} (rbind; no PID namespace{create})"
+        elif self.kind == "dev":
+            text = (f"mount a minimal /dev on {self.target}: tmpfs; host {', '.join(DEV_NODES)} bound "
+                    "onto files; devpts (newinstance,ptmxmode=0666) on pts; tmpfs shm; links "
+                    f"{', '.join(n + ' -> ' + t for n, t in DEV_LINKS)}{create}")
+        elif self.kind == "pin":
             text = f"pin {self.target} (bind it onto itself{create})"
         elif self.kind == "hide":
             text = f"hide {self.target} (empty read-only tmpfs)"
@@ -62,11 +74,42 @@ class MountOp:
             text = f"{what} {self.source} on {self.target}{create}"
         return f"{text}: {self.why}" if self.why else text
 
-    def shell(self) -> list[str]:
+    def shell(self, root: bool = False) -> list[str]:
         q = shlex.quote
         lines = []
+        target = q(self.target)
+        if root:
+            target = '"$root"' + q(self.target)
         if self.create:
-            lines.append(f"[ -e {q(self.target)} ] || mkdir -p -- {q(self.target)}")
+            if self.kind == "bind" and root:
+                lines.append(f"[ -e {target} ] || {{ if [ -d {q(self.source)} ]; then mkdir -p -- {target}; "
+                             f"else mkdir -p -- \"$(dirname -- {target})\"; touch -- {target}; fi; }}")
+            else:
+                lines.append(f"[ -e {target} ] || mkdir -p -- {target}")
+        if self.kind == "proc":
+            lines.append(f"mount -t proc -o nosuid,nodev,noexec proc {target}")
+            return lines
+        if self.kind == "procbind":
+            lines.append(f"mount --rbind /proc {target}")
+            return lines
+        if self.kind == "dev":
+            d = target
+            lines.append(f"mount -t tmpfs -o nosuid,noexec,mode=0755,size=1m tmpfs {d}")
+            for name in DEV_NODES:
+                lines.append(f"touch {d}/{name}; mount --bind /dev/{name} {d}/{name}")
+            lines += [f"mkdir {d}/pts {d}/shm",
+                      f"mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts {d}/pts",
+                      f"mount -t tmpfs -o nosuid,nodev,mode=1777,size=64m tmpfs {d}/shm"]
+            lines += [f"ln -s {q(t)} {d}/{n}" for n, t in DEV_LINKS]
+            return lines
+        if root and self.kind in ("bind", "tmpfs"):
+            if self.kind == "bind":
+                lines.append(f"mount --rbind -- {q(self.source)} {target}")
+                if self.readonly:
+                    lines.append(f"mount -o remount,bind,ro -- {target}")
+            else:
+                lines.append(f"mount -t tmpfs -o {q(self.options())} -- tmpfs {target}")
+            return lines
         if self.kind in ("pin", "bind"):
             source = self.target if self.kind == "pin" else self.source
             lines.append(f"mount --rbind -- {q(source)} {q(self.target)}")
@@ -78,6 +121,70 @@ class MountOp:
 
     def recipe(self) -> tuple[str, str, str, bool, int, str, bool]:
         return (self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create)
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    """Another root filesystem: its mounts (targets inside it) and how the stage switches to it.
+
+    Every target is resolved inside the new root one component at a time without following
+    symlinks; a symlink anywhere on the way is refused, so nothing lands outside the tree.
+    """
+
+    path: str
+    switch: Literal["pivot_root", "chroot"]
+    writes: Literal["persist", "read-only", "overlay"]
+    mounts: tuple[MountOp, ...]
+
+    def describe(self) -> list[str]:
+        if self.writes == "overlay":
+            lines = [f"stage: mount overlayfs on {self.path} (lower: {self.path}; upper and work "
+                     "dirs on a throwaway tmpfs): the new root, writes vanish on exit"]
+        else:
+            lines = [f"stage: bind {self.path} onto itself (rbind): the new root"]
+        lines.append("stage: resolve every target below inside the new root without following "
+                     "symlinks (a symlinked target or parent is refused); create missing ones")
+        for op in self.mounts:
+            lines.append(f"stage: in the new root: {op.describe()}")
+        if self.writes == "read-only":
+            lines.append("stage: make the new root's own mount read-only (mount_setattr, not "
+                         "recursive: the mounts above stay as they are)")
+        if self.switch == "pivot_root":
+            lines.append(f"stage: cd {self.path}; pivot_root . .; umount -l . (the old root is "
+                         "detached: nothing of the host remains but the binds above)")
+        else:
+            lines.append(f"payload: after its user namespace: cd {self.path}; chroot . (the old "
+                         "root stays mounted outside the new root)")
+        lines.append("payload: drop CAP_SYS_CHROOT from the bounding set (no chroot escape; "
+                     "a chrooted process cannot make a new user namespace to regain it)")
+        return lines
+
+    def shell(self) -> list[str]:
+        q = shlex.quote
+        lines = [f"root={q(self.path)}"]
+        if self.writes == "overlay":
+            lines += [
+                "ovl=$(mktemp -d)",
+                'mount -t tmpfs -o mode=0700 tmpfs "$ovl"; mkdir "$ovl/upper" "$ovl/work"',
+                'mount -t overlay -o "lowerdir=$root,upperdir=$ovl/upper,workdir=$ovl/work" overlay "$root"',
+                'umount -l "$ovl"',
+            ]
+        else:
+            lines.append('mount --rbind -- "$root" "$root"')
+        lines.append("# (sandboxer also refuses symlinks on the way to each target below)")
+        for op in self.mounts:
+            lines += [f"# {op.describe()}", *op.shell(root=True)]
+        if self.writes == "read-only":
+            lines.append('mount -o remount,bind,ro -- "$root"')
+        if self.switch == "pivot_root":
+            lines += ['cd -- "$root"', "pivot_root . .", "umount -l .", "cd /"]
+        else:
+            lines += ['cd -- "$root"', "# chroot: 'unshare --root=.' below, after the user namespace"]
+        return lines
+
+    def recipe(self) -> dict[str, object]:
+        return {"dir": self.path, "switch": self.switch, "writes": self.writes,
+                "mounts": [op.recipe() for op in self.mounts]}
 
 
 @dataclass(frozen=True)
@@ -192,6 +299,7 @@ class Plan:
     hardening: tuple[str, ...]
     cache_dir: str
     network: NetworkPlan | None = None
+    rootfs: RootfsPlan | None = None
 
     # ---- renderings -------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -202,6 +310,8 @@ class Plan:
             lines.append("stage: runs as PID 1: forwards signals to the payload, reaps orphans")
         for op in self.mounts:
             lines.append(f"stage: {op.describe()}")
+        if self.rootfs:
+            lines += self.rootfs.describe()
         if self.network:
             lines.append(f"stage: mount a resolv.conf naming {NAMESERVER} over /etc/resolv.conf")
             lines.append("stage: mount an /etc/hosts naming localhost and the hostname over /etc/hosts")
@@ -247,7 +357,15 @@ class Plan:
                 "    sleep 0.05",
                 "done",
             ]
-        body.append(f"cd -- {q(self.cwd)}")
+        switch = ""
+        if self.rootfs:
+            body += self.rootfs.shell()
+            if self.rootfs.switch == "chroot":
+                switch = f"--root=. --wd={q(self.cwd)} -- "
+            else:
+                body.append("# from here on, commands are the rootfs's own (sandboxer's stage needs none)")
+        if not switch:
+            body.append(f"cd -- {q(self.cwd)}")
         env_words = ["env", "-i", "--"]
         for name in self.env.keep:
             names = LC_NAMES if name == "LC_*" else (name,)
@@ -262,7 +380,9 @@ class Plan:
         env_words += [q(f"{k}={v}") for k, v in (*self.env.fixed, *self.env.set)]
         body.append(
             "exec unshare --user " + " ".join(self.inner.unshare_args())
-            + " -- setpriv --no-new-privs -- " + " ".join(env_words) + ' "$@"'
+            + " -- setpriv --no-new-privs"
+            + (" --bounding-set=-sys_chroot -- unshare " + switch if self.rootfs else " -- ")
+            + " ".join(env_words) + ' "$@"'
         )
         delimiter = "SANDBOXER_STAGE"
         while delimiter in body:
@@ -372,4 +492,5 @@ class Plan:
             "cache_dir": self.cache_dir,
             "net": self.network.recipe() if self.network else None,
             "netfiles": (self.network.resolv_conf, self.network.hosts) if self.network else None,
+            "rootfs": self.rootfs.recipe() if self.rootfs else None,
         }

@@ -233,6 +233,24 @@ class Mount(_Section):
         return self
 
 
+class Rootfs(_Section):
+    """[rootfs]: run inside another root filesystem (a directory tree such as a minirootfs)."""
+
+    path: Path | None = Field(
+        None, description="the root filesystem's directory; unset: the host's own root"
+    )
+    switch: Literal["pivot_root", "chroot"] = Field(
+        "pivot_root",
+        description="'pivot_root': the old root is detached and unreachable; 'chroot': the old "
+        "root stays mounted outside the payload's root (which loses CAP_SYS_CHROOT)",
+    )
+    writes: Literal["persist", "read-only", "overlay"] = Field(
+        "persist",
+        description="'persist': changes land in the directory; 'read-only': the tree cannot be "
+        "changed; 'overlay': changes go to a throwaway tmpfs overlay",
+    )
+
+
 class Profile(_Section):
     """A sandboxer profile: how isolated a command should be."""
 
@@ -244,3 +262,4 @@ class Profile(_Section):
     command: Command = Command()
     env: Env = Env()
     mounts: list[Mount] = Field(default_factory=list, max_length=256)
+    rootfs: Rootfs = Rootfs()

@@ -65,6 +65,14 @@ ARCHES = {
     "s390x": (280, ((0x80000016, 54, 0),)),
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+O_PATH = 0o10000000
+AT_EMPTY_PATH = 0x1000
+S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
+PR_CAPBSET_DROP, CAP_SYS_CHROOT = 24, 18
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 EPERM = 1
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -167,6 +175,161 @@ def bind_target(path: str) -> str:
     if not os.path.isfile(path):
         raise SetupError(f"{path} is not a regular file; cannot mount the sandbox's own over it")
     return path
+
+
+# ---- another root filesystem ----------------------------------------------------------------
+def walk(rootfd: int, rel: str, create: str) -> int:
+    """An O_PATH fd of rel inside the tree at rootfd, one component at a time, never following a
+    symlink; missing components are made (directories, or a file last if create == "file")."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    if ".." in parts:
+        raise SetupError(f"rootfs: mount target /{rel} contains '..'")
+    fd = os.dup(rootfd)
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            shown = "/" + "/".join(parts[: i + 1])
+            try:
+                nfd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise SetupError(f"rootfs: mount target {shown} does not exist") from None
+                if last and create == "file":
+                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                else:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                nfd = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            kind = os.fstat(nfd).st_mode & S_IFMT
+            if kind == S_IFLNK:
+                os.close(nfd)
+                raise SetupError(f"rootfs: {shown} is a symlink; refusing to mount over it")
+            if not last and kind != S_IFDIR:
+                os.close(nfd)
+                raise SetupError(f"rootfs: {shown} is not a directory")
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def mount_in(rootfd: int, rel: str, create: str, source: str | None, fstype: str | None, flags: int,
+             data: str | None) -> None:
+    fd = walk(rootfd, rel, create)
+    try:
+        do_mount(source, f"/proc/self/fd/{fd}", fstype, flags, data,
+                 f"cannot mount {source or fstype} on {rel} in the rootfs")
+    finally:
+        os.close(fd)
+
+
+def setattr_fd(fd: int, flags: int, what: str) -> None:
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    result = libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(fd), b"",
+                          ctypes.c_uint(AT_EMPTY_PATH | flags), ctypes.byref(attr),
+                          ctypes.c_size_t(ctypes.sizeof(attr)))
+    _check(0 if result == 0 else -1, what)
+
+
+def minimal_dev(rootfd: int, rel: str) -> None:
+    mount_in(rootfd, rel, "dir", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m")
+    dev = walk(rootfd, rel, "")
+    try:
+        for name in DEV_NODES:
+            mount_in(dev, name, "file", "/dev/" + name, None, MS_BIND, None)
+        mount_in(dev, "pts", "dir", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=620")
+        mount_in(dev, "shm", "dir", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
+        for name, target in DEV_LINKS:
+            os.symlink(target, name, dir_fd=dev)
+    finally:
+        os.close(dev)
+
+
+def setup_rootfs(rc: dict[str, Any], pivot_nr: int) -> int:
+    """Mount the new root and everything in it; pivot_root into it, or return its fd (chroot)."""
+    top = rc["dir"]
+    try:
+        st = os.stat(top)
+    except OSError as e:
+        raise SetupError(f"rootfs {top}: {e.strerror}; check rootfs.path (--rootfs)") from None
+    if st.st_mode & S_IFMT != S_IFDIR:
+        raise SetupError(f"rootfs {top} is not a directory; check rootfs.path (--rootfs)")
+    if rc["writes"] == "overlay":
+        scratch = next((d for d in SCRATCH_DIRS if os.path.isdir(d) and not os.path.islink(d)), None)
+        if scratch is None:
+            raise SetupError("no scratch directory (/tmp, /run, /mnt) for the overlay's upper dir")
+        # the tree may live under the scratch directory: name it by an fd opened before
+        lower = os.open(top, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        do_mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700",
+                 f"cannot mount a tmpfs on {scratch}")
+        try:
+            os.mkdir(scratch + "/upper", 0o755)
+            os.mkdir(scratch + "/work", 0o700)
+            work = os.open(scratch, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                do_mount("overlay", f"/proc/self/fd/{lower}", "overlay", 0,
+                         f"lowerdir=/proc/self/fd/{lower},upperdir=/proc/self/fd/{work}/upper,"
+                         f"workdir=/proc/self/fd/{work}/work,userxattr",
+                         f"cannot mount an overlay on {top}")
+            finally:
+                os.close(work)
+        finally:
+            libc.umount2(_b(scratch), MNT_DETACH)
+            os.close(lower)
+    else:
+        do_mount(top, top, None, MS_BIND | MS_REC, None, f"cannot bind the rootfs {top} onto itself")
+    rootfd = os.open(top, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for kind, source, target, readonly, size, mode, _create in rc["mounts"]:
+        if kind == "proc":
+            mount_in(rootfd, target, "dir", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        elif kind == "procbind":
+            mount_in(rootfd, target, "dir", "/proc", None, MS_BIND | MS_REC, None)
+        elif kind == "dev":
+            minimal_dev(rootfd, target)
+        elif kind == "tmpfs":
+            mount_in(rootfd, target, "dir", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV,
+                     f"size={size},mode={mode}")
+        else:
+            try:
+                is_dir = os.path.isdir(source)
+                if not os.path.exists(source):
+                    raise SetupError(f"bind source {source} does not exist")
+            except OSError as e:
+                raise SetupError(f"bind source {source}: {e.strerror}") from None
+            fd = walk(rootfd, target, "dir" if is_dir else "file")
+            try:
+                do_mount(source, f"/proc/self/fd/{fd}", None, MS_BIND | MS_REC, None,
+                         f"cannot bind {source} on {target} in the rootfs")
+                if readonly:
+                    fd2 = walk(rootfd, target, "")
+                    try:
+                        setattr_fd(fd2, AT_RECURSIVE, f"cannot make {target} read-only")
+                    finally:
+                        os.close(fd2)
+            finally:
+                os.close(fd)
+    if rc["writes"] == "read-only":
+        setattr_fd(rootfd, 0, f"cannot make the rootfs {top} read-only")
+    if rc["switch"] == "pivot_root":
+        os.fchdir(rootfd)
+        os.close(rootfd)
+        dot = ctypes.c_char_p(b".")
+        _check(0 if libc.syscall(ctypes.c_long(pivot_nr), dot, dot) == 0 else -1,
+               f"cannot pivot_root into {top}")
+        _check(libc.umount2(b".", MNT_DETACH), "cannot detach the old root")
+        os.chdir("/")
+        return -1
+    return rootfd
+
+
+def enter_chroot(rootfd: int) -> None:
+    os.fchdir(rootfd)
+    os.chroot(".")
+    os.chdir("/")
+    os.close(rootfd)
 
 
 def network_files(resolv: str, hosts: str) -> None:
@@ -322,7 +485,7 @@ def exec_payload(argv: list[str], env: dict[str, str]) -> NoReturn:
     os._exit(127)
 
 
-def payload_child(cfg: dict[str, Any], keyctl_nr: int, abis: Abis) -> NoReturn:
+def payload_child(cfg: dict[str, Any], keyctl_nr: int, abis: Abis, rootfd: int = -1) -> NoReturn:
     for sig in (*FORWARDED, ORPHANED, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -343,6 +506,13 @@ def payload_child(cfg: dict[str, Any], keyctl_nr: int, abis: Abis) -> NoReturn:
         _check(0 if libc.syscall(ctypes.c_long(keyctl_nr), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
                                  None) >= 0 else -1, "cannot create a fresh session keyring")
         enter_user_namespace(*cfg["inner"])
+        if rootfd >= 0:
+            enter_chroot(rootfd)
+        if cfg["rootfs"]:
+            # a chrooted process cannot create a user namespace (EPERM), so it cannot get the
+            # capability back: without it, no double-chroot escape
+            _check(libc.prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0),
+                   "cannot drop CAP_SYS_CHROOT")
         try:
             os.chdir(cfg["cwd"])
         except OSError as e:
@@ -429,9 +599,12 @@ def main() -> None:
     if arch is None:
         die(f"no TIOCSTI filter for this architecture ({os.uname().machine}); refusing to run")
     keyctl_nr, abis = arch
+    rootfd = -1
     try:
         for op in cfg["mounts"]:
             apply_mount(op)
+        if cfg["rootfs"]:
+            rootfd = setup_rootfs(cfg["rootfs"], PIVOT_ROOT.get(os.uname().machine, -1))
         if cfg["netfiles"]:
             network_files(*cfg["netfiles"])
         if cfg["lo"]:
@@ -452,7 +625,7 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, mask)
     payload = os.fork()
     if payload == 0:
-        payload_child(cfg, keyctl_nr, abis)
+        payload_child(cfg, keyctl_nr, abis, rootfd)
         os._exit(125)
     os.close(CONTROL_FD)
 

@@ -27,7 +27,7 @@ SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take millis
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid", "netfiles")
+STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid", "netfiles", "rootfs")
 
 
 def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
