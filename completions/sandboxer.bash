@@ -4,16 +4,16 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --env --keep-env --cwd --debug --help" ;;
+        run) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --env --keep-env --cwd --shell --json --debug --help" ;;
+        explain) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --shell --json --debug --help" ;;
         rootfs) echo "--sha256 --debug --help" ;;
     esac
 }
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--map|--home|--home-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--env|--keep-env|--cwd|--sha256) return 0 ;;
+        --profile|--map|--home|--home-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--sha256) return 0 ;;
     esac
     return 1
 }
@@ -35,6 +35,9 @@ _sandboxer_value() {  # complete the value of option $1 from the word $2
         --bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
         --ro-bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
         --tmpfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        --rootfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        --root-switch) COMPREPLY=($(compgen -W "pivot_root chroot" -- "$2")) ;;
+        --rootfs-writes) COMPREPLY=($(compgen -W "persist read-only overlay" -- "$2")) ;;
         --env) COMPREPLY=() ;;
         --keep-env) COMPREPLY=($(compgen -v -- "$2")) ;;
         --cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;

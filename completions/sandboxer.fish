@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --map --home --home-size --net --forward --hostname --bind --ro-bind --tmpfs --env --keep-env --cwd --sha256
+            case --profile --map --home --home-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --sha256
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -120,6 +120,9 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l hostname -x -d 'ho
 complete -c sandboxer -n '__sandboxer_options run explain' -l bind -r -F -d 'bind-mount SRC at DST (default: the same path), read-write; repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l ro-bind -r -F -d 'bind-mount SRC at DST read-only; repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l tmpfs -x -a '(__fish_complete_directories)' -d 'mount an empty tmpfs at DST (default size 64M); repeatable'
+complete -c sandboxer -n '__sandboxer_options run explain' -l rootfs -x -a '(__fish_complete_directories)' -d 'run inside the root filesystem in DIR (e.g. an unpacked minirootfs)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l root-switch -x -a 'pivot_root chroot' -d 'how to enter --rootfs: \'pivot_root\' (old root detached; default) or \'chroot\''
+complete -c sandboxer -n '__sandboxer_options run explain' -l rootfs-writes -x -a 'persist read-only overlay' -d 'writes to --rootfs: \'persist\' in DIR (default), \'read-only\', or a throwaway \'overlay\''
 complete -c sandboxer -n '__sandboxer_options run explain' -l env -x -d 'set an environment variable inside; repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l keep-env -x -a '(set --names --export)' -d 'keep this variable of the caller\'s environment (NAME* keeps a prefix); repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l cwd -x -a '(__fish_complete_directories)' -d 'working directory inside (default: your cwd when visible inside, else HOME)'
