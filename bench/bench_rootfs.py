@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {name: [] for name in variants}
         try:
             for _ in range(args.warmup):
-                for name, cmd in variants.items():
+                for cmd in variants.values():
                     run_once(cmd, env)
             names = list(variants)
             for r in range(args.runs):
