@@ -42,6 +42,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import BenchError, find_sandboxer, percentile  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET_READY_MS = 50.0  # web-dev `-- true` median
 TARGET_TPUT_RATIO = 1.0  # sandboxer / plain slirp4netns (informational: ~1.0 means no relay)
@@ -53,9 +56,6 @@ READY_TIMEOUT = 15.0  # seconds for a server to become reachable through its for
 IPERF_SECONDS = 3
 SLIRP_MTU = "--mtu=65520"
 
-
-class BenchError(Exception):
-    """Something failed to run: the numbers would be meaningless."""
 
 
 @dataclass
@@ -78,32 +78,6 @@ class TputVariant:
     kind: str  # "sandboxer", "slirp4netns", "rootlesskit-slirp4netns", "rootlesskit-builtin", "pasta"
     gbps: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = (len(sorted_values) - 1) * pct / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def find_sandboxer(option: str | None) -> str:
-    """--sandboxer PATH, else `sandboxer` next to sys.executable (a venv's bin/), else on PATH."""
-    if option:
-        if not os.access(option, os.X_OK):
-            raise BenchError(f"--sandboxer {option}: not an executable file")
-        return option
-    beside = Path(sys.executable).parent / "sandboxer"  # not resolved: a venv's python is a link
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("sandboxer")
-    if found:
-        return found
-    raise BenchError("cannot find sandboxer: pass --sandboxer PATH, or install it next to "
-                     f"{sys.executable}, or put it on PATH")
 
 
 def find_tool(name: str, env: dict[str, str]) -> str | None:

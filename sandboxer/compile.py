@@ -122,12 +122,7 @@ def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
             ops.append(MountOp("tmpfs", target, size=mount.size or TMPFS_DEFAULT_SIZE, mode="0755",
                                create=True))
             continue
-        source = expand(mount.source or "", host)
-        if host.cache_dir and _under(source, host.cache_dir):
-            raise SandboxerError(
-                f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
-                "bind another directory",
-            )
+        source = _bind_source(mount.source or "", key, host)
         ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind",
                            create=True))
     return RootfsPlan(path=path, switch=spec.switch, writes=spec.writes, mounts=tuple(ops))
@@ -225,18 +220,23 @@ def _mounts(profile: Profile, host: HostFacts, rootfs_mode: bool = False) -> lis
             ops.append(MountOp("tmpfs", target, size=size, mode="0755", create=create))
             fresh.append(target)
             continue
-        source = expand(mount.source or "", host)
-        if host.cache_dir and _under(source, host.cache_dir):
-            raise SandboxerError(
-                f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
-                "bind another directory",
-            )
+        source = _bind_source(mount.source or "", key, host)
         ops.append(
             MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create)
         )
         # a bind hides what a tmpfs put there before; creating under it would write the host
         fresh = [top for top in fresh if not _under(top, target)]
     return ops
+
+
+def _bind_source(path: str, key: str, host: HostFacts) -> str:
+    source = expand(path, host)
+    if host.cache_dir and _under(source, host.cache_dir):
+        raise SandboxerError(
+            f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
+            "bind another directory",
+        )
+    return source
 
 
 def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp]) -> str:
