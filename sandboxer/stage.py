@@ -164,17 +164,31 @@ def apply_mount(op: MountRecipe) -> None:
              f"cannot mount tmpfs on {target}")
 
 
-def bind_target(path: str) -> str:
-    """Where to bind a file over path: path itself, or what its symlink chain names."""
-    if os.path.islink(path):
-        real = os.path.realpath(path)
-        if not os.path.isfile(real):
-            raise SetupError(f"{path} is a symlink to {real}, which is not a regular file; "
-                             "cannot mount the sandbox's own over it")
+def bind_target(path: str, in_rootfs: bool) -> str:
+    """Where to bind a file over path: path itself, or what its symlink chain names.
+
+    A missing target is made rather than giving up: behind a dangling symlink (the host's
+    resolv.conf pointing at systemd-resolved's stub when it is not running) the target's own
+    directory gets a private tmpfs in this mount namespace; a plain missing file is created
+    only inside a rootfs (after the switch, so it lands in the tree).
+    """
+    real = os.path.realpath(path)
+    if os.path.isfile(real):
         return real
-    if not os.path.isfile(path):
+    if os.path.lexists(real):
         raise SetupError(f"{path} is not a regular file; cannot mount the sandbox's own over it")
-    return path
+    parent = os.path.dirname(real)
+    if os.path.islink(path) and os.path.isdir(parent) and parent not in ("/", "/etc"):
+        do_mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755",
+                 f"cannot mount a tmpfs on {parent} for the target of {path}")
+    elif not (in_rootfs and not os.path.islink(path) and os.path.isdir(parent)):
+        raise SetupError(f"{path} is missing or a dangling symlink to {real}; "
+                         "cannot mount the sandbox's own over it")
+    try:
+        os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except OSError as e:
+        raise SetupError(f"cannot create {real} to mount the sandbox's own over it: {e.strerror}") from None
+    return real
 
 
 # ---- another root filesystem ----------------------------------------------------------------
@@ -332,7 +346,7 @@ def enter_chroot(rootfd: int) -> None:
     os.close(rootfd)
 
 
-def network_files(resolv: str, hosts: str) -> None:
+def network_files(resolv: str, hosts: str, in_rootfs: bool = False) -> None:
     """Mount a resolv.conf naming slirp4netns's DNS and an /etc/hosts naming the hostname.
 
     The files live in a small tmpfs mounted for a moment on a scratch directory, bound over
@@ -351,7 +365,7 @@ def network_files(resolv: str, hosts: str) -> None:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
-            target = bind_target("/etc/" + name)
+            target = bind_target("/etc/" + name, in_rootfs)
             do_mount(path, target, None, MS_BIND, None, f"cannot bind the sandbox's {name} on {target}")
             make_readonly(target)
     finally:
@@ -606,7 +620,8 @@ def main() -> None:
         if cfg["rootfs"]:
             rootfd = setup_rootfs(cfg["rootfs"], PIVOT_ROOT.get(os.uname().machine, -1))
         if cfg["netfiles"]:
-            network_files(*cfg["netfiles"])
+            resolv, hosts = cfg["netfiles"]
+            network_files(resolv, hosts, in_rootfs=bool(cfg["rootfs"]))
         if cfg["lo"]:
             loopback_up()
         if cfg["hostname"]:

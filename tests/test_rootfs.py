@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import sbx
+from .conftest import REQUIRE, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -20,6 +20,8 @@ MARKER = "ID=sbx-busybox-marker"
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     if not os.path.exists(BUSYBOX):
+        if REQUIRE:
+            pytest.fail("busybox-static is required (apt install busybox-static)")
         pytest.skip("busybox-static is not installed")
     root = tmp_path / "rootfs"
     (root / "bin").mkdir(parents=True)
@@ -133,3 +135,25 @@ def test_missing_dir_and_file(rootfs: Path, home: Path, tmp_path: Path) -> None:
 def test_missing_command(rootfs: Path, home: Path) -> None:
     out = sbx(["--rootfs", str(rootfs), "--", "python3", "-c", "pass"], home)
     assert out.returncode == 127 and "command not found" in out.stderr
+
+
+@pytest.mark.parametrize("resolv", ["file", "missing", "dangling"])
+def test_pivot_root_with_slirp4netns(rootfs: Path, home: Path, resolv: str) -> None:
+    # the tree's /etc/resolv.conf: a file, absent, or a dangling symlink (a stub resolver's path)
+    etc = rootfs / "etc"
+    if resolv == "file":
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+    elif resolv == "dangling":
+        (rootfs / "run" / "resolve").mkdir(parents=True)
+        (etc / "resolv.conf").symlink_to("../run/resolve/stub-resolv.conf")
+    out = sbx(["--rootfs", str(rootfs), "--net", "slirp4netns", "--", "/bin/sh", "-c",
+               "cat /etc/resolv.conf; grep -c . /etc/hosts"], home)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "nameserver 10.0.2.3"
+    # the tree itself only gains an empty file where it had none
+    if resolv == "file":
+        assert (etc / "resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+    elif resolv == "missing":
+        assert (etc / "resolv.conf").read_text() == ""
+    else:
+        assert not (rootfs / "run" / "resolve" / "stub-resolv.conf").exists()
