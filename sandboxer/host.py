@@ -57,9 +57,10 @@ class HostFacts:
 
     def key(self) -> tuple[object, ...]:
         """A stable tuple of every fact, for the plan cache key."""
-        return tuple(
-            sorted(self.tools.items()) if name == "tools" else getattr(self, name)
-            for name in self.__slots__
+        return (
+            *(sorted(self.tools.items()) if name == "tools" else getattr(self, name)
+              for name in self.__slots__),
+            tuple(_stamp(path) for _name, path in sorted(self.tools.items())),
         )
 
     @classmethod
@@ -75,6 +76,15 @@ class HostFacts:
         )
         facts.update(changes)
         return cls(**facts)  # type: ignore[arg-type]
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """A tool's identity for the cache: a new or replaced binary is checked again on compile."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
 
 
 def find_tool(name: str) -> str:

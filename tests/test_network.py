@@ -173,7 +173,8 @@ def test_non_loopback_forward_warns(home: Path, runtime: Path) -> None:
 
 def _fake(tmp_path: Path, body: str) -> Path:
     fake = tmp_path / "fake-slirp4netns"
-    fake.write_text("#!/bin/sh\n" + body + "\n")
+    version = "" if "--version" in body else '[ "$1" = --version ] && { echo "slirp4netns version 1.2.0"; exit 0; }\n'
+    fake.write_text("#!/bin/sh\n" + version + body + "\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     return fake
 
@@ -193,6 +194,18 @@ def test_fake_helper_fails_closed(home: Path, runtime: Path, tmp_path: Path, bod
     assert not marker.exists()
     assert time.monotonic() - started < 15
     assert "sleep 60" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("body,said", [
+    ('[ "$1" = --version ] && echo "slirp4netns version 0.4.9"; exit 0', "version 0.4.9, too old"),
+    ('[ "$1" = --version ] && echo "who knows"; exit 0', "cannot tell the version"),
+])
+def test_old_or_unknown_helper_refused(home: Path, runtime: Path, tmp_path: Path, body: str, said: str) -> None:
+    fake = _fake(tmp_path, body)
+    out = sbx([*NET, "--", "true"], home, env=env_for(home, runtime, SANDBOXER_SLIRP4NETNS=str(fake)),
+              timeout=20)
+    assert out.returncode == 125 and said in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1
 
 
 def _slirp_children(pid: int) -> list[int]:
