@@ -313,6 +313,8 @@ class Plan:
         if self.rootfs:
             lines += self.rootfs.describe()
         if self.network:
+            lines.append("stage: create tap0, persistent (slirp4netns attaches to it; it goes away "
+                         "with the namespace, not synchronously when slirp4netns exits)")
             lines.append(f"stage: mount a resolv.conf naming {NAMESERVER} over /etc/resolv.conf")
             lines.append("stage: mount an /etc/hosts naming localhost and the hostname over /etc/hosts")
             lines.append("stage: set net.ipv4.ip_unprivileged_port_start=0 in the new network namespace")
@@ -412,6 +414,8 @@ class Plan:
         assert self.network is not None
         q = shlex.quote
         return [
+            "# tap0 made persistent ahead of slirp4netns: it then exits without tearing it down",
+            "ip tuntap add dev tap0 mode tap",
             "# resolv.conf and hosts: written in a throwaway tmpfs, bound over /etc's files",
             "netfiles=$(mktemp -d)",
             'mount -t tmpfs -o size=64k,mode=0755 tmpfs "$netfiles"',

@@ -50,6 +50,7 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS =
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 KEYCTL_JOIN_SESSION_KEYRING = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+TUNSETIFF, TUNSETPERSIST, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x400454CB, 0x0002, 0x1000
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
 # sent to the stage when the supervisor dies and there is no PID namespace to do the killing
@@ -378,6 +379,29 @@ def network_files(resolv: str, hosts: str, in_rootfs: bool = False) -> None:
         raise SetupError(f"cannot set net.ipv4.ip_unprivileged_port_start: {e.strerror}") from None
 
 
+def persistent_tap(name: str) -> None:
+    """Create slirp4netns's tap device ahead of it, persistent.
+
+    slirp4netns would create a non-persistent tap; closing the last fd of one unregisters the
+    device synchronously, waiting for RCU grace periods (15-25 ms here), and every run would
+    wait for that while slirp4netns exits. A persistent tap0 that slirp4netns merely attaches
+    to goes away with the network namespace instead, torn down by the kernel in the background.
+    """
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise SetupError(f"cannot open /dev/net/tun: {e.strerror} (slirp4netns needs it readable and "
+                         "writable by you: mode 0666)") from None
+    try:
+        ifreq = ctypes.create_string_buffer(name.encode(), 40)
+        ctypes.memmove(ctypes.addressof(ifreq) + 16, (IFF_TAP | IFF_NO_PI).to_bytes(2, sys.byteorder), 2)
+        _check(libc.ioctl(fd, ctypes.c_ulong(TUNSETIFF), ifreq), f"cannot create {name}")
+        _check(libc.ioctl(fd, ctypes.c_ulong(TUNSETPERSIST), ctypes.c_ulong(1)),
+               f"cannot make {name} persistent")
+    finally:
+        os.close(fd)
+
+
 def loopback_up() -> None:
     # A new network namespace starts with lo down; SIOCSIFFLAGS on any socket of it brings it up.
     sock = libc.socket(2, 2, 0)  # AF_INET, SOCK_DGRAM
@@ -617,6 +641,8 @@ def main() -> None:
     try:
         for op in cfg["mounts"]:
             apply_mount(op)
+        if cfg["netfiles"]:
+            persistent_tap("tap0")  # before a rootfs switch: the tree's /dev has no net/tun
         if cfg["rootfs"]:
             rootfd = setup_rootfs(cfg["rootfs"], PIVOT_ROOT.get(os.uname().machine, -1))
         if cfg["netfiles"]:
