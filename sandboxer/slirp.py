@@ -24,9 +24,10 @@ READY_FD, EXIT_FD = 3, 4
 
 
 def _private_dir() -> str:
-    """A fresh 0700 directory for the API socket, short enough for sun_path."""
-    import tempfile
+    """A fresh 0700 directory for the API socket, short enough for sun_path.
 
+    (What tempfile.mkdtemp does, without its ~5 ms of imports on every networked run.)
+    """
     bases = []
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime.startswith("/"):
@@ -38,12 +39,17 @@ def _private_dir() -> str:
             pass
     bases.append("/tmp")
     for base in bases:
-        if len(os.path.join(base, "sandboxer-net-XXXXXXXX", "api.sock").encode()) > SUN_PATH_MAX:
+        if len(os.path.join(base, "sandboxer-net-" + "x" * 12, "api.sock").encode()) > SUN_PATH_MAX:
             continue
-        try:
-            return tempfile.mkdtemp(prefix="sandboxer-net-", dir=base)
-        except OSError:
-            continue
+        for _attempt in range(10):
+            path = os.path.join(base, f"sandboxer-net-{os.urandom(6).hex()}")
+            try:
+                os.mkdir(path, 0o700)  # fails if the name exists: never someone else's directory
+                return path
+            except FileExistsError:
+                continue
+            except OSError:
+                break
     raise SandboxerError("network helper: cannot create a private directory for its API socket",
                          "check that /tmp is writable")
 
