@@ -379,6 +379,29 @@ def network_files(resolv: str, hosts: str, in_rootfs: bool = False) -> None:
         raise SetupError(f"cannot set net.ipv4.ip_unprivileged_port_start: {e.strerror}") from None
 
 
+def chrooted_network_files(rootfd: int, resolv: str, hosts: str) -> None:
+    """network_files for a chroot switch, where the stage itself stays in the host's root.
+
+    The tree's /etc/resolv.conf may be a symlink (absolute, or with '..'); resolved from the
+    host's root it could name a host file. A child that chroots into the tree first resolves it
+    the way the payload will, inside the tree; the mounts it makes stay, since the mount
+    namespace is shared.
+    """
+    child = os.fork()
+    if child == 0:
+        try:
+            enter_chroot(rootfd)
+            network_files(resolv, hosts, in_rootfs=True)
+        except SetupError as e:
+            die(str(e))
+        except OSError as e:
+            die(f"setup failed: {e}")
+        os._exit(0)
+    _, wstatus = os.waitpid(child, 0)
+    if wstatus != 0:
+        os._exit(125)  # the child has reported why
+
+
 def persistent_tap(name: str) -> None:
     """Create slirp4netns's tap device ahead of it, persistent.
 
@@ -645,7 +668,9 @@ def main() -> None:
             persistent_tap("tap0")  # before a rootfs switch: the tree's /dev has no net/tun
         if cfg["rootfs"]:
             rootfd = setup_rootfs(cfg["rootfs"], PIVOT_ROOT.get(os.uname().machine, -1))
-        if cfg["netfiles"]:
+        if cfg["netfiles"] and rootfd >= 0:
+            chrooted_network_files(rootfd, *cfg["netfiles"])
+        elif cfg["netfiles"]:
             resolv, hosts = cfg["netfiles"]
             network_files(resolv, hosts, in_rootfs=bool(cfg["rootfs"]))
         if cfg["lo"]:

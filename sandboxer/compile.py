@@ -65,9 +65,6 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     home = host.home
     if rootfs is not None:
         cwd = expand(profile.command.cwd, host) if profile.command.cwd is not None else home
-        if profile.network.mode == "slirp4netns" and rootfs.switch == "chroot":
-            raise SandboxerError("rootfs.switch = 'chroot' does not work with slirp4netns yet",
-                                 "use switch = 'pivot_root' (the default)")
     else:
         cwd = _cwd(profile, host, mounts)
     shell = "/bin/sh" if rootfs is not None else host.shell

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,19 +138,31 @@ def test_missing_command(rootfs: Path, home: Path) -> None:
     assert out.returncode == 127 and "command not found" in out.stderr
 
 
-@pytest.mark.parametrize("resolv", ["file", "missing", "dangling"])
-def test_pivot_root_with_slirp4netns(rootfs: Path, home: Path, resolv: str) -> None:
-    # the tree's /etc/resolv.conf: a file, absent, or a dangling symlink (a stub resolver's path)
+@pytest.mark.parametrize("switch", ["pivot_root", "chroot"])
+@pytest.mark.parametrize("resolv", ["file", "missing", "dangling", "absolute"])
+def test_slirp4netns_in_rootfs(rootfs: Path, home: Path, request: pytest.FixtureRequest,
+                               resolv: str, switch: str) -> None:
+    # the tree's /etc/resolv.conf: a file, absent, a dangling symlink (a stub resolver's path),
+    # or an absolute symlink into a directory that exists both on the host and in the tree: it
+    # must resolve in the tree, and nothing may be created on the host
     etc = rootfs / "etc"
+    host_dir = Path(tempfile.mkdtemp(prefix="sbx-test-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(host_dir))
+    host_file = host_dir / "resolv.conf"
     if resolv == "file":
         (etc / "resolv.conf").write_text("nameserver 127.0.0.53\n")
     elif resolv == "dangling":
         (rootfs / "run" / "resolve").mkdir(parents=True)
         (etc / "resolv.conf").symlink_to("../run/resolve/stub-resolv.conf")
-    out = sbx(["--rootfs", str(rootfs), "--net", "slirp4netns", "--", "/bin/sh", "-c",
-               "cat /etc/resolv.conf; grep -c . /etc/hosts"], home)
+    elif resolv == "absolute":
+        (etc / "resolv.conf").symlink_to(host_file)
+        (rootfs / host_dir.relative_to("/")).mkdir(parents=True)
+    out = sbx(["--rootfs", str(rootfs), "--root-switch", switch, "--net", "slirp4netns", "--",
+               "/bin/sh", "-c", "cat /etc/resolv.conf; grep -c . /etc/hosts"], home)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "nameserver 10.0.2.3"
+    if resolv == "absolute":
+        assert not host_file.exists() and os.listdir(host_dir) == []
     # the tree itself only gains an empty file where it had none
     if resolv == "file":
         assert (etc / "resolv.conf").read_text() == "nameserver 127.0.0.53\n"
