@@ -42,6 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+def entry() -> None:
+    """The command's entry point (bin/sandboxer): main(), then exit without the interpreter's
+    teardown, which would only free memory the kernel reclaims anyway (~1-2 ms per run).
+    Every file, pipe and child is closed or reaped by main() before it returns."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _dispatch(args: Args) -> int:
     if args.command == "help":
         sys.stdout.write(help_text())

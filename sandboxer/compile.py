@@ -58,7 +58,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     if ns.ipc:
         namespaces.append("ipc")
         outer.append("--ipc")
-    outer += ["--", host.python, "-I", "-S", host.stage]
+    outer += ["--", host.stage]
 
     rootfs = _rootfs(profile, host)
     mounts = _mounts(profile, host, rootfs_mode=rootfs is not None)

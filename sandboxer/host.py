@@ -1,13 +1,12 @@
 """HostFacts: everything compile() needs to know about this machine and caller, probed once.
 
-On the hot path: imports only os, pwd and sys.
+On the hot path: imports only os and pwd.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import sys
 
 from .errors import SandboxerError
 
@@ -17,14 +16,15 @@ SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 TOOLS = ("unshare", "slirp4netns")
 # Testing hook only: a slirp4netns to use instead of the system one (for fakes in the tests).
 SLIRP_OVERRIDE_ENV = "SANDBOXER_SLIRP4NETNS"
-STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage.py")
+# The stage: a small C program built with the package (sandboxer/stage.c), run inside.
+STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandboxer-stage")
 
 
 class HostFacts:
     """Facts about the host and the caller. Plain data; compile() reads nothing else."""
 
     __slots__ = (
-        "uid", "gid", "user", "home", "shell", "cwd", "tools", "python", "stage",
+        "uid", "gid", "user", "home", "shell", "cwd", "tools", "stage",
         "cache_dir", "cache_pins",
     )
 
@@ -38,7 +38,6 @@ class HostFacts:
         shell: str,
         cwd: str,
         tools: dict[str, str],
-        python: str,
         stage: str,
         cache_dir: str,
         cache_pins: tuple[str, ...],
@@ -50,7 +49,6 @@ class HostFacts:
         self.shell = shell
         self.cwd = cwd
         self.tools = tools
-        self.python = python
         self.stage = stage
         self.cache_dir = cache_dir
         self.cache_pins = cache_pins
@@ -61,6 +59,7 @@ class HostFacts:
             *(sorted(self.tools.items()) if name == "tools" else getattr(self, name)
               for name in self.__slots__),
             tuple(_stamp(path) for _name, path in sorted(self.tools.items())),
+            _stamp(self.stage),
         )
 
     @classmethod
@@ -70,7 +69,7 @@ class HostFacts:
             uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
             cwd="/home/alice/src/project",
             tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns"},
-            python="/usr/bin/python3", stage="/usr/lib/python3/dist-packages/sandboxer/stage.py",
+            stage="/usr/lib/python3/dist-packages/sandboxer/sandboxer-stage",
             cache_dir="/home/alice/.cache/sandboxer",
             cache_pins=("/home/alice", "/home/alice/.cache"),
         )
@@ -142,6 +141,11 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
         raise SandboxerError(
             f"cannot read the current directory: {e.strerror}", "cd to a directory that exists"
         ) from None
+    if not os.access(STAGE, os.X_OK):
+        raise SandboxerError(
+            f"sandboxer's stage {STAGE} is missing or not executable",
+            "reinstall sandboxer; building it needs a C compiler: apt install gcc",
+        )
     tools = {name: find_tool(name) for name in TOOLS}
     override = env.get(SLIRP_OVERRIDE_ENV, "")
     if override:
@@ -150,6 +154,6 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
     cache = os.path.realpath(cache_dir(env, home))
     return HostFacts(
         uid=uid, gid=gid, user=user, home=home, shell=shell or "/bin/sh", cwd=cwd,
-        tools=tools, python=os.path.realpath(sys.executable), stage=STAGE,
+        tools=tools, stage=STAGE,
         cache_dir=cache, cache_pins=user_owned_ancestors(cache, uid),
     )

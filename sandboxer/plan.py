@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
@@ -287,7 +287,7 @@ class Plan:
 
     description: str
     namespaces: tuple[str, ...]
-    outer: tuple[str, ...]  # the first hop: unshare ... -- python3 -I -S stage.py
+    outer: tuple[str, ...]  # the first hop: unshare ... -- sandboxer-stage
     mounts: tuple[MountOp, ...]
     hostname: str
     loopback_up: bool

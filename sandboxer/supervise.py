@@ -1,10 +1,10 @@
 """The supervisor: the only module with side effects on the host.
 
-It spawns the plan's outer hop (unshare ... -- python3 -I -S stage.py) as a child that dies with
+It spawns the plan's outer hop (unshare ... -- sandboxer-stage) as a child that dies with
 it, hands the stage its config, waits (bounded) for "ready", does parent-side work, says "go",
 forwards signals, and turns the outcome into sandboxer's exit status.
 
-On the hot path: imports only os, signal, select, marshal, fcntl (and prctl in the child).
+On the hot path: imports only os, signal, select, fcntl (and python-prctl's _prctl in the child).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 # _signal, not signal: the wrapper imports enum, ~3 ms on every run
 import _signal as signal
 import fcntl
-import marshal
 import os
 import select
 import sys
@@ -27,7 +26,42 @@ SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take millis
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-STAGE_KEYS = ("mounts", "hostname", "lo", "inner", "cwd", "pid", "netfiles", "rootfs")
+STAGE_MAGIC = "sandboxer-stage 1"  # must match CONFIG_MAGIC in stage.c
+
+
+def stage_config(recipe: dict[str, object], *, tty: bool, env: dict[str, str], argv: list[str],
+                 ppid: int) -> bytes:
+    """The stage's config: NUL-terminated fields, in the order stage.c's read_config() takes them.
+
+    Values come from the plan and the caller, never from a shell; a NUL in one cannot shift
+    the fields (it is refused here).
+    """
+    fields: list[object] = [STAGE_MAGIC, int(bool(recipe["pid"])), ppid, int(tty), recipe["hostname"],
+                            int(bool(recipe["lo"]))]
+    netfiles = recipe["netfiles"]
+    fields += [1, *netfiles] if netfiles else [0]  # type: ignore[misc]
+    fields += [*recipe["inner"], recipe["cwd"]]  # type: ignore[misc]
+
+    def mounts(ops: object) -> list[object]:
+        assert isinstance(ops, list | tuple)
+        out: list[object] = [len(ops)]
+        for kind, source, target, readonly, size, mode, create in ops:
+            out += [kind, source, target, int(readonly), size, mode, int(create)]
+        return out
+
+    fields += mounts(recipe["mounts"])
+    rootfs = recipe["rootfs"]
+    if rootfs:
+        assert isinstance(rootfs, dict)
+        fields += [1, rootfs["dir"], rootfs["switch"], rootfs["writes"], *mounts(rootfs["mounts"])]
+    else:
+        fields.append(0)
+    fields += [len(argv), *argv, len(env), *(f"{k}={v}" for k, v in env.items())]
+    texts = [str(f) for f in fields]
+    if any("\0" in t for t in texts):
+        raise SandboxerError("a NUL byte in the command, its environment or the profile",
+                             "remove it")
+    return b"".join(t.encode("utf-8", "surrogateescape") + b"\0" for t in texts)
 
 
 def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -129,10 +163,8 @@ class Supervisor:
     # ---- spawning ------------------------------------------------------------------------------
     def _spawn(self) -> tuple[int, int, int, int]:
         outer = list(self.recipe["outer"])  # type: ignore[call-overload]
-        cfg = {k: self.recipe[k] for k in STAGE_KEYS}
-        cfg.update(tty=self.tty, env=build_env(self.recipe, os.environ), argv=self.argv,
-                   ppid=os.getpid())
-        blob = marshal.dumps(cfg)
+        blob = stage_config(self.recipe, tty=self.tty, env=build_env(self.recipe, os.environ),
+                            argv=self.argv, ppid=os.getpid())
         cfg_r, cfg_w = os.pipe()
         st_r, st_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
@@ -162,14 +194,15 @@ class Supervisor:
 
     @staticmethod
     def _child(parent: int, outer: list[str], fds: tuple[int, ...], err_w: int) -> None:
-        import prctl
+        # python-prctl's C module: its Python wrapper builds capability tables on import (~1.3 ms)
+        import _prctl
 
         # Own process group: the terminal's Ctrl-C reaches the supervisor (which forwards it),
         # not unshare, which would die of it and take the stage down without the payload
         # getting its signal.
         os.setpgid(0, 0)
         # unshare dies with us: --kill-child then takes the stage (PID 1) and the namespace.
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(EXIT_FAILURE)
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]

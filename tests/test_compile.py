@@ -14,6 +14,7 @@ from sandboxer.errors import SandboxerError
 from sandboxer.host import HostFacts
 from sandboxer.load import load
 from sandboxer.options import parse
+from sandboxer.supervise import STAGE_MAGIC, stage_config
 
 from .conftest import PROFILES, REPO
 
@@ -49,7 +50,7 @@ def test_clean_home_chain() -> None:
                               "--propagation", "private")
     assert "--net" not in plan.outer and "--kill-child" in plan.outer
     assert plan.outer[plan.outer.index("--") + 1:] == (
-        "/usr/bin/python3", "-I", "-S", "/usr/lib/python3/dist-packages/sandboxer/stage.py")
+        "/usr/lib/python3/dist-packages/sandboxer/sandboxer-stage",)
     kinds = [(op.kind, op.target) for op in plan.mounts]
     assert kinds == [("pin", "/home/alice"), ("pin", "/home/alice/.cache"),
                      ("hide", "/home/alice/.cache/sandboxer"), ("tmpfs", "/home/alice")]
@@ -171,3 +172,17 @@ def test_slirp4netns_allow_host_loopback_and_no_forwards() -> None:
 def test_slirp4netns_missing() -> None:
     with pytest.raises(SandboxerError, match="slirp4netns not found"):
         plan_for(["--net", "slirp4netns"], tools={"unshare": "/usr/bin/unshare"})
+
+
+def test_stage_config_fields() -> None:
+    # the stage (C) reads NUL-terminated fields in a fixed order; the magic names the layout
+    assert f'#define CONFIG_MAGIC "{STAGE_MAGIC}"' in (REPO / "sandboxer" / "stage.c").read_text()
+    plan = plan_for([str(PROFILES / "clean-home.toml")])
+    blob = stage_config(plan.recipe(), tty=False, env={"PATH": "/usr/bin"}, argv=["true", "-x"], ppid=42)
+    fields = blob.split(b"\0")
+    assert fields[:4] == [STAGE_MAGIC.encode(), b"1", b"42", b"0"] and fields[-1] == b""
+    assert fields[-6:-1] == [b"2", b"true", b"-x", b"1", b"PATH=/usr/bin"]
+    for bad in ({"env": {"A": "x\0y"}}, {"argv": ["a\0b"]}):
+        kw: dict[str, object] = {"env": {}, "argv": ["true"], **bad}
+        with pytest.raises(SandboxerError, match="NUL"):
+            stage_config(plan.recipe(), tty=False, ppid=1, **kw)  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ def test_proc_shows_only_the_sandbox(home: Path) -> None:
     out = sbx([CLEAN, *sh("ls /proc | grep -c '^[0-9]'; cat /proc/1/cmdline | tr '\\0' ' '")], home)
     assert out.returncode == 0, out.stderr
     count, init = out.stdout.splitlines()
-    assert int(count) <= 4 and "stage.py" in init
+    assert int(count) <= 4 and "sandboxer-stage" in init
 
 
 def test_secret_env_and_inherited_fd_do_not_leak(home: Path) -> None:
@@ -296,11 +296,10 @@ def test_nothing_left_after_supervisor_sigkill(home: Path, pidns: str) -> None:
     proc.kill()
     proc.wait(timeout=5)
     deadline = time.monotonic() + 5
-    while _alive_with(marker) and time.monotonic() < deadline:
+    while (_alive_with(marker) or _alive_with("sandboxer-stage")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive_with(marker) == []
-    assert _alive_with("stage.py") == [] or all(
-        str(home) not in Path(f"/proc/{p}/environ").read_text(errors="replace") for p in _alive_with("stage.py"))
+    assert _alive_with("sandboxer-stage") == []
 
 
 def test_no_pid_namespace_still_cleans_up_on_exit(home: Path) -> None:

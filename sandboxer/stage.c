@@ -1,0 +1,1082 @@
+/* sandboxer-stage: PID 1 inside the new namespaces, exec'd by the plan's outer `unshare`.
+ *
+ * It does what util-linux has no verb for, between the outer unshare and the payload: the
+ * plan's mounts (or another root filesystem and pivot_root/chroot into it), tap0, the
+ * sandbox's resolv.conf and hosts, lo up, the hostname. Then it reports ready, waits for the
+ * supervisor's go, forks the payload into a nested user namespace (which locks every mount made
+ * here), hardens it (no_new_privs, a seccomp filter against TIOCSTI, a fresh session keyring,
+ * only fds 0-2, its own session or foreground job) and execs it; as init it forwards signals
+ * and reaps orphans.
+ *
+ * It is C rather than Python because it runs on every sandbox start: a second interpreter
+ * costs ~9 ms here (start-up plus ctypes), this binary well under one.
+ *
+ * File descriptors from the supervisor:
+ *   3  the config, read to EOF: NUL-terminated fields in the order read_config() takes them
+ *      (written by sandboxer/supervise.py, stage_config())
+ *   4  status pipe to the supervisor: "R" ready, "E<msg>\n" setup failed, "N<code> <msg>\n"
+ *      the payload could not be executed, "X<wait status>\n" the payload finished
+ *   5  control pipe from the supervisor: "G" go; EOF means the supervisor is gone
+ *   6  the caller's stderr (fd 2 is a pipe to the supervisor until the stage starts, so that
+ *      unshare's own complaints become one clean error line)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/if_tun.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
+#define CONFIG_MAGIC "sandboxer-stage 1"
+#define GO_TIMEOUT_MS 60000
+#define CONFIG_MAX (16 << 20)
+
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442 /* the same on every architecture (after the unified table) */
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#define SBX_MOUNT_ATTR_RDONLY 0x1
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+#define CAP_SYS_CHROOT 18
+#define TIOCLINUX_REQ 0x541C
+/* sent to the stage when the supervisor dies and there is no PID namespace to do the killing */
+#define ORPHANED SIGPWR
+
+struct sbx_mount_attr {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* For each ABI the kernel accepts on this machine: its audit arch, ioctl's syscall number
+ * there, and the x32 bit to refuse (0 if none). */
+struct abi {
+	uint32_t arch, ioctl_nr, x32;
+};
+static const struct abi ABIS[] = {
+#if defined(__x86_64__)
+	{AUDIT_ARCH_X86_64, 16, 0x40000000}, {AUDIT_ARCH_I386, 54, 0},
+#elif defined(__aarch64__)
+	{AUDIT_ARCH_AARCH64, 29, 0}, {AUDIT_ARCH_ARM, 54, 0},
+#elif defined(__riscv) && __riscv_xlen == 64
+	{AUDIT_ARCH_RISCV64, 29, 0},
+#elif defined(__powerpc64__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	{AUDIT_ARCH_PPC64LE, 54, 0},
+#elif defined(__s390x__)
+	{AUDIT_ARCH_S390X, 54, 0},
+#endif
+	{0, 0, 0},
+};
+
+static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+#define NFORWARDED (sizeof FORWARDED / sizeof FORWARDED[0])
+/* where the stage briefly mounts a tmpfs to write files in (the first that exists) */
+static const char *const SCRATCH_DIRS[] = {"/tmp", "/run", "/mnt", "/var/tmp", NULL};
+static const char *const DEV_NODES[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+static const char *const DEV_LINKS[][2] = {
+	{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
+	{"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}, {NULL, NULL},
+};
+
+/* ---- the config --------------------------------------------------------------------------- */
+struct mount_op {
+	const char *kind, *source, *target, *size, *mode;
+	int readonly, create;
+};
+
+struct config {
+	int pid, tty, lo, inner_uid, inner_gid;
+	long ppid;
+	const char *hostname, *cwd, *resolv, *hosts; /* resolv == NULL: no network files */
+	struct mount_op *mounts;
+	size_t nmounts;
+	const char *rootfs_dir, *rootfs_switch, *rootfs_writes; /* rootfs_dir == NULL: no rootfs */
+	struct mount_op *rootfs_mounts;
+	size_t nrootfs_mounts;
+	char **argv, **envp;
+};
+
+static struct config cfg;
+static volatile pid_t payload_pid;
+
+/* ---- reporting ---------------------------------------------------------------------------- */
+static void status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void status(const char *fmt, ...)
+{
+	char buf[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+	if (len > 0 && buf[len - 1] != '\n' && fmt[0] != 'R')
+		buf[len - 1] = '\n'; /* truncated: keep the line ending the supervisor waits for */
+	ssize_t ignored = write(STATUS_FD, buf, len);
+	(void)ignored;
+}
+
+/* Report a setup failure (one line) and exit 125: nothing of the payload has run. */
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+	char msg[3000];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	for (char *p = msg; *p; p++)
+		if (*p == '\n')
+			*p = ' ';
+	status("E%s\n", msg);
+	_exit(125);
+}
+
+#define CHECK(expr, ...)                                                       \
+	do {                                                                       \
+		if ((expr) < 0) {                                                      \
+			int e_ = errno;                                                    \
+			char what_[2048];                                                  \
+			snprintf(what_, sizeof what_, __VA_ARGS__);                        \
+			die("%s: %s", what_, strerror(e_));                               \
+		}                                                                      \
+	} while (0)
+
+static char *xstrdup(const char *s)
+{
+	char *r = strdup(s);
+	if (!r)
+		die("out of memory");
+	return r;
+}
+
+static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt(const char *f, ...)
+{
+	char *r;
+	va_list ap;
+	va_start(ap, f);
+	int n = vasprintf(&r, f, ap);
+	va_end(ap);
+	if (n < 0)
+		die("out of memory");
+	return r;
+}
+
+/* ---- reading the config ------------------------------------------------------------------- */
+static char *config_buf;
+static size_t config_len, config_pos;
+
+static const char *field(void)
+{
+	if (config_pos >= config_len)
+		die("the stage's config is truncated (sandboxer bug)");
+	char *start = config_buf + config_pos;
+	char *end = memchr(start, '\0', config_len - config_pos);
+	if (!end)
+		die("the stage's config is truncated (sandboxer bug)");
+	config_pos = (size_t)(end - config_buf) + 1;
+	return start;
+}
+
+static long number(void)
+{
+	const char *s = field();
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || end == s || *end)
+		die("the stage's config has a bad number %s (sandboxer bug)", s);
+	return v;
+}
+
+static size_t count(void)
+{
+	long n = number();
+	if (n < 0 || n > 100000)
+		die("the stage's config has a bad count (sandboxer bug)");
+	return (size_t)n;
+}
+
+static struct mount_op *mount_ops(size_t *n)
+{
+	*n = count();
+	struct mount_op *ops = calloc(*n + 1, sizeof *ops);
+	if (!ops)
+		die("out of memory");
+	for (size_t i = 0; i < *n; i++) {
+		ops[i].kind = field();
+		ops[i].source = field();
+		ops[i].target = field();
+		ops[i].readonly = (int)number();
+		ops[i].size = field();
+		ops[i].mode = field();
+		ops[i].create = (int)number();
+	}
+	return ops;
+}
+
+static char **strings(void)
+{
+	size_t n = count();
+	char **v = calloc(n + 1, sizeof *v);
+	if (!v)
+		die("out of memory");
+	for (size_t i = 0; i < n; i++)
+		v[i] = (char *)field();
+	return v;
+}
+
+static void read_config(void)
+{
+	size_t cap = 65536;
+	config_buf = malloc(cap);
+	for (;;) {
+		if (!config_buf)
+			die("out of memory");
+		ssize_t n = read(CONFIG_FD, config_buf + config_len, cap - config_len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		CHECK(n, "cannot read the stage's config");
+		if (n == 0)
+			break;
+		config_len += (size_t)n;
+		if (config_len == cap) {
+			if (cap >= CONFIG_MAX)
+				die("the stage's config is too large");
+			cap *= 2;
+			config_buf = realloc(config_buf, cap);
+		}
+	}
+	close(CONFIG_FD);
+	if (strcmp(field(), CONFIG_MAGIC) != 0)
+		die("the stage's config is not for this stage (sandboxer bug: reinstall sandboxer)");
+	cfg.pid = (int)number();
+	cfg.ppid = number();
+	cfg.tty = (int)number();
+	cfg.hostname = field();
+	cfg.lo = (int)number();
+	if (number()) {
+		cfg.resolv = field();
+		cfg.hosts = field();
+	}
+	cfg.inner_uid = (int)number();
+	cfg.inner_gid = (int)number();
+	cfg.cwd = field();
+	cfg.mounts = mount_ops(&cfg.nmounts);
+	if (number()) {
+		cfg.rootfs_dir = field();
+		cfg.rootfs_switch = field();
+		cfg.rootfs_writes = field();
+		cfg.rootfs_mounts = mount_ops(&cfg.nrootfs_mounts);
+	}
+	cfg.argv = strings();
+	cfg.envp = strings();
+	if (!cfg.argv[0])
+		die("the stage's config has no command (sandboxer bug)");
+}
+
+/* ---- small file helpers ------------------------------------------------------------------- */
+static int is_dir(const char *path) /* follows symlinks, like os.path.isdir */
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_link(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+static int lexists(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0;
+}
+
+static char *dirname_of(const char *path)
+{
+	char *d = xstrdup(path);
+	char *slash = strrchr(d, '/');
+	if (!slash)
+		return xstrdup(".");
+	if (slash == d)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	return d;
+}
+
+static void mkdir_p(const char *path)
+{
+	char *p = xstrdup(path);
+	for (char *s = p + 1;; s++) {
+		if (*s == '/' || *s == '\0') {
+			char c = *s;
+			*s = '\0';
+			if (mkdir(p, 0777) < 0 && errno != EEXIST)
+				CHECK(-1, "cannot create %s", p);
+			if (c == '\0')
+				break;
+			*s = c;
+		}
+	}
+	if (!is_dir(path))
+		die("cannot create %s: not a directory", path);
+	free(p);
+}
+
+static void create_file(const char *path, int dirfd, const char *what)
+{
+	int fd = openat(dirfd, path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	CHECK(fd, "%s", what);
+	close(fd);
+}
+
+/* The path with every symlink resolved, as far as the path exists (os.path.realpath without
+ * strict): a dangling symlink resolves to the path it names. */
+static char *resolve(const char *path)
+{
+	char out[PATH_MAX + 1] = "";
+	char *rest = fmt("%s", path);
+	int links = 0;
+	char *p = rest;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		char *end = strchr(p, '/');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char name[NAME_MAX + 1];
+		if (len > NAME_MAX)
+			die("path too long: %s", path);
+		memcpy(name, p, len);
+		name[len] = '\0';
+		p += len;
+		if (!strcmp(name, "."))
+			continue;
+		if (!strcmp(name, "..")) {
+			char *slash = strrchr(out, '/');
+			if (slash)
+				*slash = '\0';
+			continue;
+		}
+		char candidate[PATH_MAX + 1];
+		if ((size_t)snprintf(candidate, sizeof candidate, "%s/%s", out, name) >= sizeof candidate)
+			die("path too long: %s", path);
+		struct stat st;
+		if (lstat(candidate, &st) < 0 || !S_ISLNK(st.st_mode) || ++links > 40) {
+			strcpy(out, candidate);
+			continue;
+		}
+		char target[PATH_MAX + 1];
+		ssize_t n = readlink(candidate, target, PATH_MAX);
+		if (n < 0) {
+			strcpy(out, candidate);
+			continue;
+		}
+		target[n] = '\0';
+		char *next = fmt("%s/%s", target, p);
+		free(rest);
+		rest = p = next;
+		if (target[0] == '/')
+			out[0] = '\0';
+	}
+	free(rest);
+	return fmt("%s", out[0] ? out : "/");
+}
+
+/* ---- mounts ------------------------------------------------------------------------------- */
+static void set_readonly(int dirfd, const char *path, unsigned int flags, const char *what)
+{
+	/* mount_setattr(2) changes only the flag we name: a MS_REMOUNT would have to repeat every
+	 * flag the kernel locked on the source mount (nosuid, nodev...) or fail with EPERM. */
+	struct sbx_mount_attr attr = {SBX_MOUNT_ATTR_RDONLY, 0, 0, 0};
+	CHECK(syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof attr), "%s", what);
+}
+
+static void make_readonly(const char *target)
+{
+	char *what = fmt("cannot make %s read-only", target);
+	set_readonly(AT_FDCWD, target, AT_RECURSIVE, what);
+	free(what);
+}
+
+static void create_target(const char *target, int dir)
+{
+	char *parent = dirname_of(target);
+	mkdir_p(parent);
+	free(parent);
+	if (dir)
+		mkdir_p(target);
+	else if (!lexists(target))
+		create_file(target, AT_FDCWD, target);
+}
+
+static int source_is_dir(const char *source)
+{
+	struct stat st;
+	if (stat(source, &st) == 0)
+		return S_ISDIR(st.st_mode);
+	if (errno == ENOENT || errno == ENOTDIR)
+		die("bind source %s does not exist", source);
+	die("bind source %s: %s", source, strerror(errno));
+}
+
+static void apply_mount(const struct mount_op *op)
+{
+	if (!strcmp(op->kind, "pin") || !strcmp(op->kind, "bind")) {
+		const char *src = !strcmp(op->kind, "pin") ? op->target : op->source;
+		int dir = source_is_dir(src);
+		if (op->create)
+			create_target(op->target, dir);
+		else if (!lexists(op->target))
+			die("mount target %s does not exist; create it, or mount it under a tmpfs", op->target);
+		CHECK(mount(src, op->target, NULL, MS_BIND | MS_REC, NULL), "cannot bind %s on %s", src,
+		      op->target);
+		if (op->readonly)
+			make_readonly(op->target);
+		return;
+	}
+	if (op->create)
+		create_target(op->target, 1);
+	else if (!is_dir(op->target))
+		die("mount target %s is not an existing directory", op->target);
+	unsigned long flags = MS_NOSUID | MS_NODEV;
+	if (!strcmp(op->kind, "hide"))
+		flags |= MS_RDONLY | MS_NOEXEC;
+	char *data = fmt("size=%s,mode=%s", op->size, op->mode);
+	CHECK(mount("tmpfs", op->target, "tmpfs", flags, data), "cannot mount tmpfs on %s", op->target);
+	free(data);
+}
+
+static const char *scratch_dir(void)
+{
+	for (const char *const *d = SCRATCH_DIRS; *d; d++)
+		if (is_dir(*d) && !is_link(*d))
+			return *d;
+	return NULL;
+}
+
+/* Where to bind a file over path: path itself, or what its symlink chain names.
+ *
+ * A missing target is made rather than giving up: behind a dangling symlink (the host's
+ * resolv.conf pointing at systemd-resolved's stub when it is not running) the target's own
+ * directory gets a private tmpfs in this mount namespace; a plain missing file is created
+ * only inside a rootfs (after the switch, so it lands in the tree). */
+static char *bind_target(const char *path, int in_rootfs)
+{
+	char *real = resolve(path);
+	struct stat st;
+	if (stat(real, &st) == 0 && S_ISREG(st.st_mode))
+		return real;
+	if (lexists(real))
+		die("%s is not a regular file; cannot mount the sandbox's own over it", path);
+	char *parent = dirname_of(real);
+	if (is_link(path) && is_dir(parent) && strcmp(parent, "/") && strcmp(parent, "/etc"))
+		CHECK(mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755"),
+		      "cannot mount a tmpfs on %s for the target of %s", parent, path);
+	else if (!(in_rootfs && !is_link(path) && is_dir(parent)))
+		die("%s is missing or a dangling symlink to %s; cannot mount the sandbox's own over it", path,
+		    real);
+	free(parent);
+	char *what = fmt("cannot create %s to mount the sandbox's own over it", real);
+	create_file(real, AT_FDCWD, what);
+	free(what);
+	return real;
+}
+
+/* Mount a resolv.conf naming slirp4netns's DNS and an /etc/hosts naming the hostname.
+ *
+ * The files live in a small tmpfs mounted for a moment on a scratch directory, bound over
+ * /etc's files (read-only), then the tmpfs is detached: the binds keep the files alive. */
+static void network_files(int in_rootfs)
+{
+	const char *scratch = scratch_dir();
+	if (!scratch)
+		die("no scratch directory (/tmp, /run, /mnt) to write resolv.conf in");
+	CHECK(mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0755"),
+	      "cannot mount a tmpfs on %s", scratch);
+	const char *names[] = {"resolv.conf", "hosts"}, *texts[] = {cfg.resolv, cfg.hosts};
+	for (int i = 0; i < 2; i++) {
+		char *path = fmt("%s/%s", scratch, names[i]);
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		CHECK(fd, "cannot create %s", path);
+		size_t len = strlen(texts[i]);
+		if (write(fd, texts[i], len) != (ssize_t)len)
+			die("cannot write %s", path);
+		close(fd);
+		char *etc = fmt("/etc/%s", names[i]);
+		char *target = bind_target(etc, in_rootfs);
+		CHECK(mount(path, target, NULL, MS_BIND, NULL), "cannot bind the sandbox's %s on %s", names[i],
+		      target);
+		make_readonly(target);
+		free(etc);
+		free(target);
+		free(path);
+	}
+	umount2(scratch, MNT_DETACH);
+	/* a payload mapped to itself can listen on port 80 inside */
+	int fd = open("/proc/sys/net/ipv4/ip_unprivileged_port_start", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "0", 1) != 1)
+		die("cannot set net.ipv4.ip_unprivileged_port_start: %s", strerror(errno));
+	close(fd);
+}
+
+/* Create slirp4netns's tap device ahead of it, persistent.
+ *
+ * slirp4netns would create a non-persistent tap; closing the last fd of one unregisters the
+ * device synchronously, waiting for RCU grace periods (15-25 ms here), and every run would wait
+ * for that while slirp4netns exits. A persistent tap0 that slirp4netns merely attaches to goes
+ * away with the network namespace instead, torn down by the kernel in the background. */
+static void persistent_tap(const char *name)
+{
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		die("cannot open /dev/net/tun: %s (slirp4netns needs it readable and writable by you: mode "
+		    "0666)", strerror(errno));
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+	CHECK(ioctl(fd, TUNSETIFF, &ifr), "cannot create %s", name);
+	CHECK(ioctl(fd, TUNSETPERSIST, 1UL), "cannot make %s persistent", name);
+	close(fd);
+}
+
+static void loopback_up(void)
+{
+	/* A new network namespace starts with lo down; SIOCSIFFLAGS on any socket of it brings it up. */
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	CHECK(sock, "cannot open a socket to configure lo");
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	CHECK(ioctl(sock, SIOCGIFFLAGS, &ifr), "cannot read lo's flags");
+	ifr.ifr_flags |= IFF_UP;
+	CHECK(ioctl(sock, SIOCSIFFLAGS, &ifr), "cannot bring lo up");
+	close(sock);
+}
+
+/* ---- another root filesystem -------------------------------------------------------------- */
+/* An O_PATH fd of rel inside the tree at rootfd, one component at a time, never following a
+ * symlink; missing components are made (directories, or a file last if create == 'f'). */
+static int walk(int rootfd, const char *rel, char create)
+{
+	char *copy = xstrdup(rel), *save = NULL;
+	char shown[PATH_MAX + 1] = "";
+	for (char *s = strtok_r(copy, "/", &save); s; s = strtok_r(NULL, "/", &save))
+		if (!strcmp(s, ".."))
+			die("rootfs: mount target /%s contains '..'", rel);
+	free(copy);
+	copy = xstrdup(rel);
+	int fd = dup(rootfd);
+	CHECK(fd, "cannot duplicate an fd");
+	char *name = strtok_r(copy, "/", &save);
+	while (name) {
+		char *next = strtok_r(NULL, "/", &save);
+		if (!strcmp(name, ".")) {
+			name = next;
+			continue;
+		}
+		size_t used = strlen(shown);
+		snprintf(shown + used, sizeof shown - used, "/%s", name);
+		int nfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0 && errno == ENOENT) {
+			if (!create)
+				die("rootfs: mount target %s does not exist", shown);
+			if (!next && create == 'f')
+				create_file(name, fd, shown);
+			else
+				CHECK(mkdirat(fd, name, 0755), "rootfs: cannot create %s", shown);
+			nfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		}
+		CHECK(nfd, "rootfs: cannot open %s", shown);
+		struct stat st;
+		CHECK(fstat(nfd, &st), "rootfs: cannot stat %s", shown);
+		if (S_ISLNK(st.st_mode))
+			die("rootfs: %s is a symlink; refusing to mount over it", shown);
+		if (next && !S_ISDIR(st.st_mode))
+			die("rootfs: %s is not a directory", shown);
+		close(fd);
+		fd = nfd;
+		name = next;
+	}
+	free(copy);
+	return fd;
+}
+
+static void mount_in(int rootfd, const char *rel, char create, const char *source, const char *fstype,
+		     unsigned long flags, const char *data)
+{
+	int fd = walk(rootfd, rel, create);
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	CHECK(mount(source, path, fstype, flags, data), "cannot mount %s on %s in the rootfs",
+	      source ? source : fstype, rel);
+	close(fd);
+}
+
+static void minimal_dev(int rootfd, const char *rel)
+{
+	mount_in(rootfd, rel, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m");
+	int dev = walk(rootfd, rel, 0);
+	for (const char *const *n = DEV_NODES; *n; n++) {
+		char *src = fmt("/dev/%s", *n);
+		mount_in(dev, *n, 'f', src, NULL, MS_BIND, NULL);
+		free(src);
+	}
+	mount_in(dev, "pts", 'd', "devpts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620");
+	mount_in(dev, "shm", 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m");
+	for (size_t i = 0; DEV_LINKS[i][0]; i++)
+		CHECK(symlinkat(DEV_LINKS[i][1], dev, DEV_LINKS[i][0]), "cannot create /dev/%s", DEV_LINKS[i][0]);
+	close(dev);
+}
+
+static void overlay_root(const char *top)
+{
+	const char *scratch = scratch_dir();
+	if (!scratch)
+		die("no scratch directory (/tmp, /run, /mnt) for the overlay's upper dir");
+	/* the tree may live under the scratch directory: name it by an fd opened before */
+	int lower = open(top, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(lower, "rootfs %s", top);
+	CHECK(mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700"), "cannot mount a tmpfs on %s",
+	      scratch);
+	char *upper = fmt("%s/upper", scratch), *workdir = fmt("%s/work", scratch);
+	CHECK(mkdir(upper, 0755), "cannot create %s", upper);
+	CHECK(mkdir(workdir, 0700), "cannot create %s", workdir);
+	int work = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(work, "cannot open %s", scratch);
+	char *target = fmt("/proc/self/fd/%d", lower);
+	char *data = fmt("lowerdir=/proc/self/fd/%d,upperdir=/proc/self/fd/%d/upper,"
+			 "workdir=/proc/self/fd/%d/work,userxattr", lower, work, work);
+	CHECK(mount("overlay", target, "overlay", 0, data), "cannot mount an overlay on %s", top);
+	close(work);
+	umount2(scratch, MNT_DETACH);
+	close(lower);
+	free(upper), free(workdir), free(target), free(data);
+}
+
+/* Mount the new root and everything in it; pivot_root into it, or return its fd (chroot). */
+static int setup_rootfs(void)
+{
+	const char *top = cfg.rootfs_dir;
+	struct stat st;
+	if (stat(top, &st) < 0)
+		die("rootfs %s: %s; check rootfs.path (--rootfs)", top, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		die("rootfs %s is not a directory; check rootfs.path (--rootfs)", top);
+	if (!strcmp(cfg.rootfs_writes, "overlay"))
+		overlay_root(top);
+	else
+		CHECK(mount(top, top, NULL, MS_BIND | MS_REC, NULL), "cannot bind the rootfs %s onto itself", top);
+	int rootfd = open(top, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(rootfd, "rootfs %s", top);
+	for (size_t i = 0; i < cfg.nrootfs_mounts; i++) {
+		const struct mount_op *op = &cfg.rootfs_mounts[i];
+		if (!strcmp(op->kind, "proc")) {
+			mount_in(rootfd, op->target, 'd', "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+		} else if (!strcmp(op->kind, "procbind")) {
+			mount_in(rootfd, op->target, 'd', "/proc", NULL, MS_BIND | MS_REC, NULL);
+		} else if (!strcmp(op->kind, "dev")) {
+			minimal_dev(rootfd, op->target);
+		} else if (!strcmp(op->kind, "tmpfs")) {
+			char *data = fmt("size=%s,mode=%s", op->size, op->mode);
+			mount_in(rootfd, op->target, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data);
+			free(data);
+		} else {
+			int fd = walk(rootfd, op->target, source_is_dir(op->source) ? 'd' : 'f');
+			char path[64];
+			snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+			CHECK(mount(op->source, path, NULL, MS_BIND | MS_REC, NULL), "cannot bind %s on %s in the rootfs",
+			      op->source, op->target);
+			close(fd);
+			if (op->readonly) {
+				/* a fresh fd: the old one names the directory under the new mount */
+				fd = walk(rootfd, op->target, 0);
+				set_readonly(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
+					     fmt("cannot make %s read-only", op->target));
+				close(fd);
+			}
+		}
+	}
+	if (!strcmp(cfg.rootfs_writes, "read-only"))
+		set_readonly(rootfd, "", AT_EMPTY_PATH, fmt("cannot make the rootfs %s read-only", top));
+	if (strcmp(cfg.rootfs_switch, "pivot_root"))
+		return rootfd;
+	CHECK(fchdir(rootfd), "cannot change into %s", top);
+	close(rootfd);
+	CHECK(syscall(SYS_pivot_root, ".", "."), "cannot pivot_root into %s", top);
+	CHECK(umount2(".", MNT_DETACH), "cannot detach the old root");
+	CHECK(chdir("/"), "cannot change to /");
+	return -1;
+}
+
+static void enter_chroot(int rootfd)
+{
+	CHECK(fchdir(rootfd), "cannot change into the rootfs");
+	CHECK(chroot("."), "cannot chroot into the rootfs");
+	CHECK(chdir("/"), "cannot change to /");
+	close(rootfd);
+}
+
+/* network_files for a chroot switch, where the stage itself stays in the host's root.
+ *
+ * The tree's /etc/resolv.conf may be a symlink (absolute, or with '..'); resolved from the host's
+ * root it could name a host file. A child that chroots into the tree first resolves it the way
+ * the payload will, inside the tree; the mounts it makes stay, as the mount namespace is shared. */
+static void chrooted_network_files(int rootfd)
+{
+	pid_t child = fork();
+	CHECK(child, "cannot fork");
+	if (child == 0) {
+		enter_chroot(rootfd);
+		network_files(1);
+		_exit(0);
+	}
+	int wstatus;
+	while (waitpid(child, &wstatus, 0) < 0)
+		if (errno != EINTR)
+			_exit(125);
+	if (wstatus != 0)
+		_exit(125); /* the child has reported why */
+}
+
+/* ---- the payload's hardening -------------------------------------------------------------- */
+/* A classic-BPF seccomp program: ioctl(fd, TIOCSTI or TIOCLINUX, ...) fails with EPERM.
+ *
+ * TIOCSTI pushes bytes into a terminal's input queue: a payload sharing the caller's terminal
+ * could type commands into the caller's shell after the sandbox exits. */
+static void install_seccomp(void)
+{
+	struct sock_filter code[64];
+	size_t n = 0, nabis = 0;
+	while (ABIS[nabis].arch)
+		nabis++;
+	/* seccomp_data: nr at 0, arch at 4, args[] at 16; ioctl's request is args[1], an unsigned int
+	 * for the kernel: compare its low 32 bits. */
+	const uint32_t low = offsetof(struct seccomp_data, args[1]) +
+			     (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? 0 : 4);
+	/* layout: [0] ld arch; [1..nabis] jeq arch -> its block; [nabis+1] kill;
+	 * each block: ld nr; (jge x32 -> deny); jeq ioctl -> check, else -> allow;
+	 * check: ld request; jeq TIOCSTI -> deny; jeq TIOCLINUX -> deny; allow: ret allow; deny: ret errno */
+	size_t block_len[8], block_start[8];
+	size_t pos = 1 + nabis + 1;
+	for (size_t i = 0; i < nabis; i++) {
+		block_len[i] = ABIS[i].x32 ? 3 : 2;
+		block_start[i] = pos;
+		pos += block_len[i];
+	}
+	size_t check = pos, allow = check + 3, deny = allow + 1;
+	code[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+	for (size_t i = 0; i < nabis; i++, n++)
+		code[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ABIS[i].arch,
+						       (uint8_t)(block_start[i] - n - 1), 0);
+	code[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+	for (size_t i = 0; i < nabis; i++) {
+		code[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+		if (ABIS[i].x32) {
+			code[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, ABIS[i].x32,
+							       (uint8_t)(deny - n - 1), 0);
+			n++;
+		}
+		code[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ABIS[i].ioctl_nr,
+						       (uint8_t)(check - n - 1), (uint8_t)(allow - n - 1));
+		n++;
+	}
+	code[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, low);
+	code[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, (uint8_t)(deny - n - 1), 0);
+	n++;
+	code[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX_REQ, (uint8_t)(deny - n - 1), 0);
+	n++;
+	code[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+	code[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+	struct sock_fprog prog = {(unsigned short)n, code};
+	CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0), "cannot install the seccomp filter");
+}
+
+static void write_proc_self(const char *name, const char *text)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/%s", name);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	CHECK(fd, "cannot open %s", path);
+	size_t len = strlen(text);
+	if (write(fd, text, len) != (ssize_t)len)
+		die("cannot write %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+/* The payload's own user namespace, mapping inside ids to ours (the outer root = the caller).
+ *
+ * What `unshare --user --map-user=U --map-group=G` does, done here so that a failure is reported
+ * as sandboxer's (exit 125) rather than as the command's exit status 1. Mounts made before it
+ * belong to a more privileged mount namespace owner: the payload, even as root in its
+ * namespace, cannot unmount or remount them. */
+static void enter_user_namespace(void)
+{
+	CHECK(unshare(CLONE_NEWUSER), "cannot create the payload's user namespace");
+	char map[64];
+	snprintf(map, sizeof map, "%d 0 1\n", cfg.inner_uid);
+	write_proc_self("uid_map", map);
+	write_proc_self("setgroups", "deny");
+	snprintf(map, sizeof map, "%d 0 1\n", cfg.inner_gid);
+	write_proc_self("gid_map", map);
+}
+
+/* execvp() with the payload's PATH, telling 'not found' (127) from 'not executable' (126). */
+static void exec_payload(void) __attribute__((noreturn));
+static void exec_payload(void)
+{
+	const char *name = cfg.argv[0];
+	char denied[2048] = "";
+	if (strchr(name, '/')) {
+		execve(name, cfg.argv, cfg.envp);
+		if (errno != ENOENT && errno != ENOTDIR)
+			snprintf(denied, sizeof denied, "%s: %s", name, strerror(errno));
+	} else {
+		const char *path = "";
+		size_t plen = strlen("PATH=");
+		for (char **e = cfg.envp; *e; e++)
+			if (!strncmp(*e, "PATH=", plen))
+				path = *e + plen;
+		char *dirs = xstrdup(path), *p = dirs;
+		for (;;) {
+			char *colon = strchr(p, ':');
+			if (colon)
+				*colon = '\0';
+			char *candidate = fmt("%s/%s", *p ? p : ".", name);
+			execve(candidate, cfg.argv, cfg.envp);
+			if (errno != ENOENT && errno != ENOTDIR && !denied[0])
+				snprintf(denied, sizeof denied, "%s: %s", candidate, strerror(errno));
+			free(candidate);
+			if (!colon)
+				break;
+			p = colon + 1;
+		}
+	}
+	if (denied[0]) {
+		status("N126 cannot execute %s\n", denied);
+		_exit(126);
+	}
+	status("N127 command not found%s: %s\n", strchr(name, '/') ? "" : " in the sandbox's PATH", name);
+	_exit(127);
+}
+
+static void payload_child(int rootfd) __attribute__((noreturn));
+static void payload_child(int rootfd)
+{
+	const int reset[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, ORPHANED, SIGCHLD, SIGPIPE, SIGXFSZ};
+	for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
+		signal(reset[i], SIG_DFL);
+	if (cfg.tty) {
+		/* Own foreground job on the caller's terminal: Ctrl-C and job control reach it and not
+		 * the sandbox's init; TIOCSTI is refused by the filter below. */
+		setpgid(0, 0);
+		signal(SIGTTOU, SIG_IGN);
+		tcsetpgrp(0, getpid());
+		signal(SIGTTOU, SIG_DFL);
+	} else {
+		/* Own session: no controlling terminal, so TIOCSTI has nothing to inject into. */
+		setsid();
+	}
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL), "cannot create a fresh session keyring");
+	enter_user_namespace();
+	if (rootfd >= 0)
+		enter_chroot(rootfd);
+	if (cfg.rootfs_dir)
+		/* a chrooted process cannot create a user namespace (EPERM), so it cannot get the
+		 * capability back: without it, no double-chroot escape */
+		CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0), "cannot drop CAP_SYS_CHROOT");
+	CHECK(chdir(cfg.cwd), "cannot change to the working directory %s", cfg.cwd);
+	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs");
+	install_seccomp();
+	/* Only fds 0-2 reach the payload; the status pipe is close-on-exec and stays for errors. */
+	close(CONFIG_FD);
+	if (syscall(SYS_close_range, STATUS_FD + 1, ~0U, 0) < 0)
+		for (int fd = STATUS_FD + 1; fd < 65536; fd++)
+			close(fd);
+	CHECK(fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC), "cannot set close-on-exec");
+	exec_payload();
+}
+
+/* ---- init --------------------------------------------------------------------------------- */
+/* Every descendant of this process, from /proc/<pid>/task/<tid>/children (bounded). */
+static size_t descendants(pid_t *found, size_t max)
+{
+	size_t nfound = 0, next = 0;
+	pid_t self = getpid();
+	const pid_t *todo = &self;
+	size_t ntodo = 1;
+	for (;;) {
+		for (size_t t = 0; t < ntodo; t++) {
+			char path[64];
+			snprintf(path, sizeof path, "/proc/%d/task/%d/children", todo[t], todo[t]);
+			/* a multi-threaded process's children hang off the thread that forked them; the
+			 * subreaper kill loop repeats, so children of other threads are found next round
+			 * once their parent is gone */
+			FILE *f = fopen(path, "re");
+			if (!f)
+				continue;
+			int pid;
+			while (nfound < max && fscanf(f, "%d", &pid) == 1)
+				found[nfound++] = pid;
+			fclose(f);
+		}
+		if (next >= nfound)
+			return nfound;
+		todo = &found[next];
+		ntodo = nfound - next;
+		next = nfound;
+	}
+}
+
+/* Without a PID namespace nothing kills what the payload left running; as a subreaper the stage
+ * has inherited all of it. Kill until none is left (bounded). */
+static void kill_descendants(void)
+{
+	static pid_t pids[4096];
+	for (int round = 0; round < 50; round++) {
+		size_t n = descendants(pids, sizeof pids / sizeof pids[0]);
+		if (!n)
+			return;
+		for (size_t i = 0; i < n; i++)
+			kill(pids[i], SIGKILL);
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+	}
+}
+
+static void orphaned(int sig)
+{
+	(void)sig;
+	kill_descendants();
+	_exit(125);
+}
+
+static void forward(int sig)
+{
+	/* The payload leads its own process group (setsid or setpgid): signal the whole job. */
+	int saved = errno;
+	if (kill(-payload_pid, sig) < 0)
+		kill(payload_pid, sig);
+	errno = saved;
+}
+
+int main(void)
+{
+	if (dup2(STDERR_FD, 2) < 0)
+		_exit(125);
+	close(STDERR_FD);
+	read_config();
+	/* The payload must not read this process's memory or fds through /proc. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	if (!cfg.pid) {
+		/* No PID namespace: become the subreaper of everything the payload starts, and learn of
+		 * the supervisor's death (unshare exec'd us, so our parent is the supervisor). */
+		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+		signal(ORPHANED, orphaned);
+		prctl(PR_SET_PDEATHSIG, ORPHANED, 0, 0, 0);
+		if (getppid() != cfg.ppid)
+			_exit(125);
+	}
+	if (!ABIS[0].arch)
+		die("no TIOCSTI filter for this architecture; refusing to run");
+	for (size_t i = 0; i < cfg.nmounts; i++)
+		apply_mount(&cfg.mounts[i]);
+	if (cfg.resolv)
+		persistent_tap("tap0"); /* before a rootfs switch: the tree's /dev has no net/tun */
+	int rootfd = cfg.rootfs_dir ? setup_rootfs() : -1;
+	if (cfg.resolv && rootfd >= 0)
+		chrooted_network_files(rootfd);
+	else if (cfg.resolv)
+		network_files(cfg.rootfs_dir != NULL);
+	if (cfg.lo)
+		loopback_up();
+	if (cfg.hostname[0])
+		CHECK(sethostname(cfg.hostname, strlen(cfg.hostname)), "cannot set the hostname");
+	status("R");
+
+	struct pollfd pfd = {CONTROL_FD, POLLIN, 0};
+	char go = 0;
+	int ready;
+	while ((ready = poll(&pfd, 1, GO_TIMEOUT_MS)) < 0 && errno == EINTR)
+		;
+	if (ready != 1 || read(CONTROL_FD, &go, 1) != 1 || go != 'G')
+		_exit(125); /* the supervisor is gone or gave up: never run the payload */
+
+	sigset_t mask, old;
+	sigemptyset(&mask);
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaddset(&mask, FORWARDED[i]);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, &old);
+	pid_t payload = fork();
+	CHECK(payload, "cannot fork the payload");
+	if (payload == 0)
+		payload_child(rootfd);
+	payload_pid = payload;
+	close(CONTROL_FD);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = forward;
+	sa.sa_flags = SA_RESTART;
+	sigfillset(&sa.sa_mask);
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaction(FORWARDED[i], &sa, NULL);
+	if (cfg.tty)
+		setpgid(payload, payload); /* the child does it too: whichever runs first wins */
+	sigprocmask(SIG_SETMASK, &old, NULL);
+
+	int wstatus = 125 << 8;
+	for (;;) {
+		int st;
+		pid_t pid = waitpid(-1, &st, 0);
+		if (pid < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pid == payload) {
+			wstatus = st;
+			break;
+		}
+	}
+	status("X%d\n", wstatus);
+	if (!cfg.pid)
+		kill_descendants();
+	if (WIFSIGNALED(wstatus))
+		_exit(128 + WTERMSIG(wstatus));
+	_exit(WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 125);
+}
