@@ -15,7 +15,8 @@
  *   3  the config, read to EOF: NUL-terminated fields in the order read_config() takes them
  *      (written by sandboxer/supervise.py, stage_config())
  *   4  status pipe to the supervisor: "R" ready, "E<msg>\n" setup failed, "N<code> <msg>\n"
- *      the payload could not be executed, "X<wait status>\n" the payload finished
+ *      the payload could not be executed, "S<signal> <pid>\n" the payload (pid as seen here)
+ *      was stopped on the terminal, "X<wait status>\n" the payload finished
  *   5  control pipe from the supervisor: "G" go; EOF means the supervisor is gone
  *   6  the caller's stderr (fd 2 is a pipe to the supervisor until the stage starts, so that
  *      unshare's own complaints become one clean error line)
@@ -1062,11 +1063,18 @@ int main(void)
 	int wstatus = 125 << 8;
 	for (;;) {
 		int st;
-		pid_t pid = waitpid(-1, &st, 0);
+		pid_t pid = waitpid(-1, &st, cfg.tty ? WUNTRACED : 0);
 		if (pid < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
+		}
+		if (pid == payload && WIFSTOPPED(st)) {
+			/* Ctrl-Z (or a read from the terminal in the background) stopped the payload, the
+			 * terminal's foreground job: the supervisor stops itself so that the caller's shell
+			 * gets the terminal back, and resumes the payload on `fg` */
+			status("S%d %d\n", WSTOPSIG(st), payload);
+			continue;
 		}
 		if (pid == payload) {
 			wstatus = st;

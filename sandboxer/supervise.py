@@ -80,10 +80,7 @@ def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[s
 
 def _interactive() -> bool:
     """stdin is a terminal and we are its foreground job: the payload takes the foreground."""
-    try:
-        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        return False
+    return os.isatty(0) and _interactive_pgrp()
 
 
 def diagnose(unshare_message: str) -> SandboxerError:
@@ -124,6 +121,33 @@ def diagnose(unshare_message: str) -> SandboxerError:
             "raise user.max_user_namespaces, or end other sandboxes/containers",
         )
     return SandboxerError(f"cannot create the sandbox's namespaces{said}", "see --debug")
+
+
+def _interactive_pgrp() -> bool:
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _host_pid(stage: int, nspid: int) -> int:
+    """The pid on the host of the stage's child that the stage calls nspid (NSpid in status)."""
+    try:
+        with open(f"/proc/{stage}/task/{stage}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return 0
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        ids = line.split()[1:]
+                        if ids and int(ids[-1]) == nspid:
+                            return int(ids[0])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _find_child(pid: int) -> int:
@@ -351,6 +375,9 @@ class Supervisor:
                 elif kind == "N":
                     number, _, text = rest.partition(" ")
                     failure = SandboxerError(text, code=int(number))
+                elif kind == "S":
+                    stopsig, _, nspid = rest.partition(" ")
+                    self._suspend(int(stopsig), int(nspid))
                 elif kind == "X":
                     exit_status = int(rest)
             if exit_status is not None or pidfd in readable:
@@ -378,6 +405,33 @@ class Supervisor:
         else:
             code = EXIT_FAILURE
         return code
+
+    def _suspend(self, sig: int, nspid: int) -> None:
+        """The payload, the terminal's foreground job, was stopped (Ctrl-Z, or it read the
+        terminal in the background). Stop ourselves too, so that the caller's shell sees its job
+        stopped and takes the terminal back; when continued (fg or bg), continue the payload, and
+        hand it the terminal again if we are in the foreground."""
+        if not self.tty:
+            return
+        pgid = _host_pid(self.stage, nspid)
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+        except OSError:
+            pass
+        # SIGTTIN/SIGTTOU are ignored here (SIGTTOU) or would read as "tty input": stop as Ctrl-Z does
+        os.kill(os.getpid(), signal.SIGSTOP if sig == signal.SIGSTOP else signal.SIGTSTP)
+        # ... continued
+        if pgid <= 0:
+            return
+        if _interactive_pgrp():
+            try:
+                os.tcsetpgrp(0, pgid)
+            except OSError:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGCONT)
+        except OSError:
+            pass
 
     def _kill_sandbox(self) -> None:
         try:

@@ -25,20 +25,14 @@ def wait_for(check: Callable[[], bool], timeout: float = 10) -> bool:
     return False
 
 
-@pytest.fixture
-def tmux(tmp_path: Path, home: Path):  # type: ignore[no-untyped-def]
+def _session(sock: str, command: list[str], prompt: str):  # type: ignore[no-untyped-def]
+    """A tmux session running command on a real terminal; yields (keys, screen)."""
     if not shutil.which("tmux"):
         if REQUIRE:
             pytest.fail("tmux is required for the interactive tests")
         pytest.skip("tmux not installed")
-    sock = str(tmp_path / "tmux.sock")
-    status = tmp_path / "status"
-    inner = (f"cd {shlex.quote(str(home))}; HOME={shlex.quote(str(home))} "
-             f"{shlex.quote(str(BIN))} run {shlex.quote(str(PROFILES / 'clean-home.toml'))} "
-             f"--env 'PS1=sbx$ ' -- bash --norc --noprofile -i; echo $? > {shlex.quote(str(status))}; sleep 30")
     subprocess.run(["tmux", "-S", sock, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40",
-                    "env", "-i", "PATH=/usr/bin:/bin", "TERM=xterm", "PS1=sbx$ ", "/bin/sh", "-c", inner],
-                   check=True, timeout=10)
+                    *command], check=True, timeout=10)
 
     def keys(*k: str) -> None:
         subprocess.run(["tmux", "-S", sock, "send-keys", *k], check=True, timeout=10)
@@ -48,10 +42,30 @@ def tmux(tmp_path: Path, home: Path):  # type: ignore[no-untyped-def]
                               text=True, timeout=10).stdout
 
     try:
-        assert wait_for(lambda: "sbx$" in screen()), screen()
-        yield keys, screen, status
+        assert wait_for(lambda: prompt in screen()), screen()
+        yield keys, screen
     finally:
         subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def tmux(tmp_path: Path, home: Path):  # type: ignore[no-untyped-def]
+    """An interactive bash inside the sandbox, started by a shell without job control."""
+    status = tmp_path / "status"
+    inner = (f"cd {shlex.quote(str(home))}; HOME={shlex.quote(str(home))} "
+             f"{shlex.quote(str(BIN))} run {shlex.quote(str(PROFILES / 'clean-home.toml'))} "
+             f"--env 'PS1=sbx$ ' -- bash --norc --noprofile -i; echo $? > {shlex.quote(str(status))}; sleep 30")
+    command = ["env", "-i", "PATH=/usr/bin:/bin", "TERM=xterm", "PS1=sbx$ ", "/bin/sh", "-c", inner]
+    for keys, screen in _session(str(tmp_path / "tmux.sock"), command, "sbx$"):
+        yield keys, screen, status
+
+
+@pytest.fixture
+def outer_shell(tmp_path: Path, home: Path):  # type: ignore[no-untyped-def]
+    """An interactive bash on the host, with job control, in which sandboxer is run."""
+    command = ["env", "-i", "PATH=/usr/bin:/bin", "TERM=xterm", f"HOME={home}", "PS1=host$ ",
+               "bash", "--norc", "--noprofile", "-i"]
+    yield from _session(str(tmp_path / "tmux.sock"), command, "host$")
 
 
 def test_ctrl_c_interrupts_the_foreground_job_not_the_sandbox(tmux) -> None:  # type: ignore[no-untyped-def]
@@ -74,3 +88,23 @@ def test_ctrl_c_interrupts_the_foreground_job_not_the_sandbox(tmux) -> None:  # 
     assert wait_for(lambda: screen().count("Running") >= 2), screen()
     keys("kill %1; wait; exit 3", "Enter")
     assert wait_for(lambda: status.exists() and status.read_text().strip() == "3"), screen()
+
+
+def test_ctrl_z_suspends_the_sandbox_and_fg_resumes_it(outer_shell, home: Path) -> None:  # type: ignore[no-untyped-def]
+    # the payload is the terminal's foreground job inside; Ctrl-Z must reach the caller's shell
+    keys, screen = outer_shell
+    keys(f"cd {shlex.quote(str(home))}; {shlex.quote(str(BIN))} run --home tmpfs -- cat", "Enter")
+    time.sleep(0.5)
+    keys("first-line", "Enter")
+    assert wait_for(lambda: screen().count("first-line") >= 2), screen()  # echoed, then cat's copy
+    keys("C-z")
+    assert wait_for(lambda: "Stopped" in screen() and screen().rstrip().endswith("host$")), screen()
+    keys("jobs -l", "Enter")
+    assert wait_for(lambda: screen().count("Stopped") >= 2), screen()
+    keys("fg", "Enter")
+    time.sleep(0.5)
+    keys("second-line", "Enter")  # cat has the terminal again
+    assert wait_for(lambda: screen().count("second-line") >= 2), screen()
+    keys("C-d")
+    keys("echo status=$?", "Enter")
+    assert wait_for(lambda: "status=0" in screen()), screen()
