@@ -933,7 +933,22 @@ static void payload_child(int rootfd)
 }
 
 /* ---- init --------------------------------------------------------------------------------- */
-/* Every descendant of this process, from /proc/<pid>/task/<tid>/children (bounded). */
+/* What follows runs in a signal handler too (orphaned): only async-signal-safe calls. */
+static char *put_int(char *p, long v)
+{
+	char tmp[24];
+	int n = 0;
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10) > 0);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+/* Every descendant of this process, from /proc/<pid>/task/<pid>/children (bounded). A child
+ * forked by another thread of a process hangs off that thread's list; kill_descendants() kills
+ * the process, and the child, reparented to this subreaper, is found in the next round. */
 static size_t descendants(pid_t *found, size_t max)
 {
 	size_t nfound = 0, next = 0;
@@ -942,18 +957,31 @@ static size_t descendants(pid_t *found, size_t max)
 	size_t ntodo = 1;
 	for (;;) {
 		for (size_t t = 0; t < ntodo; t++) {
-			char path[64];
-			snprintf(path, sizeof path, "/proc/%d/task/%d/children", todo[t], todo[t]);
-			/* a multi-threaded process's children hang off the thread that forked them; the
-			 * subreaper kill loop repeats, so children of other threads are found next round
-			 * once their parent is gone */
-			FILE *f = fopen(path, "re");
-			if (!f)
+			char path[80], *p = path;
+			memcpy(p, "/proc/", 6);
+			p = put_int(p + 6, todo[t]);
+			memcpy(p, "/task/", 6);
+			p = put_int(p + 6, todo[t]);
+			memcpy(p, "/children", 10);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
 				continue;
-			int pid;
-			while (nfound < max && fscanf(f, "%d", &pid) == 1)
-				found[nfound++] = pid;
-			fclose(f);
+			char buf[4096];
+			long cur = -1;
+			ssize_t n;
+			while ((n = read(fd, buf, sizeof buf)) > 0)
+				for (ssize_t k = 0; k < n; k++) {
+					if (buf[k] >= '0' && buf[k] <= '9') {
+						cur = (cur < 0 ? 0 : cur * 10) + (buf[k] - '0');
+					} else if (cur >= 0) {
+						if (nfound < max)
+							found[nfound++] = (pid_t)cur;
+						cur = -1;
+					}
+				}
+			if (cur >= 0 && nfound < max)
+				found[nfound++] = (pid_t)cur;
+			close(fd);
 		}
 		if (next >= nfound)
 			return nfound;
@@ -974,6 +1002,8 @@ static void kill_descendants(void)
 			return;
 		for (size_t i = 0; i < n; i++)
 			kill(pids[i], SIGKILL);
+		/* our own children among them die of it: wait for one, then reap what else is dead */
+		waitpid(-1, NULL, 0);
 		while (waitpid(-1, NULL, WNOHANG) > 0)
 			;
 	}
@@ -1000,6 +1030,9 @@ int main(void)
 	if (dup2(STDERR_FD, 2) < 0)
 		_exit(125);
 	close(STDERR_FD);
+	/* a supervisor gone mid-write must not kill us before we have killed what is left */
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGXFSZ, SIG_IGN);
 	read_config();
 	/* The payload must not read this process's memory or fds through /proc. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

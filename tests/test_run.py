@@ -94,11 +94,13 @@ def test_secret_env_and_inherited_fd_do_not_leak(home: Path) -> None:
 
 
 def test_hardening(home: Path) -> None:
-    script = ("grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; "
+    script = ("grep -E '^(NoNewPrivs|Seccomp|SigIgn|SigBlk):' /proc/self/status; "
               "python3 -c 'import os; print(\"session-leader\", os.getsid(0) == os.getppid())'")
     out = sbx([CLEAN, *sh(script)], home, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert "NoNewPrivs:\t1" in out.stdout and "Seccomp:\t2" in out.stdout
+    # the stage ignores SIGPIPE and blocks signals around the fork; the payload gets neither
+    assert "SigIgn:\t0000000000000000" in out.stdout and "SigBlk:\t0000000000000000" in out.stdout
     assert "session-leader True" in out.stdout
 
 
