@@ -170,3 +170,23 @@ def test_slirp4netns_in_rootfs(rootfs: Path, home: Path, request: pytest.Fixture
         assert (etc / "resolv.conf").read_text() == ""
     else:
         assert not (rootfs / "run" / "resolve" / "stub-resolv.conf").exists()
+
+
+@pytest.mark.parametrize("switch", ["pivot_root", "chroot"])
+@pytest.mark.parametrize("net,pid", [("host", "--no-pid"), ("none", "--pid")])
+def test_network_pid_namespace_and_ro_bind(rootfs: Path, home: Path, tmp_path: Path, switch: str,
+                                           net: str, pid: str) -> None:
+    data = tmp_path / "ro"
+    data.mkdir()
+    (data / "f").write_text("original\n")
+    script = (f"grep -c : /proc/net/dev; test -d /proc/{os.getpid()} && echo host-pids; "
+              "echo changed > /ro/f && echo WROTE; cat /ro/f; exit 0")
+    out = sbx(["--rootfs", str(rootfs), "--root-switch", switch, "--net", net, pid, "--ro-bind",
+               f"{data}:/ro", "--", "/bin/sh", "-c", script], home)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    host_ifaces = Path("/proc/net/dev").read_text().count(":")
+    assert int(lines[0]) == (host_ifaces if net == "host" else 1)
+    assert ("host-pids" in lines) == (pid == "--no-pid")  # without a PID namespace, the host's /proc
+    assert "WROTE" not in lines and "original" in lines
+    assert (data / "f").read_text() == "original\n"
