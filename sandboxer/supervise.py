@@ -418,9 +418,9 @@ class Supervisor:
             os.tcsetpgrp(0, os.getpgrp())
         except OSError:
             pass
-        # SIGTTIN/SIGTTOU are ignored here (SIGTTOU) or would read as "tty input": stop as Ctrl-Z does
+        # Stop the way Ctrl-Z does (SIGTTOU is ignored here, and after SIGTTIN the shell would
+        # say "tty input"); kill() returns once we are continued.
         os.kill(os.getpid(), signal.SIGSTOP if sig == signal.SIGSTOP else signal.SIGTSTP)
-        # ... continued
         if pgid <= 0:
             return
         if _interactive_pgrp():
