@@ -144,11 +144,12 @@ class RootfsPlan:
             lines = [f"stage: bind {self.path} onto itself (rbind): the new root"]
         lines.append("stage: resolve every target below inside the new root without following "
                      "symlinks (a symlinked target or parent is refused); create missing ones")
+        if self.writes == "read-only":
+            lines.append("stage: make the new root and every mount already inside it read-only "
+                         "(mount_setattr, recursive), after creating the mount points below; the "
+                         "mounts below go on top and stay as asked")
         for op in self.mounts:
             lines.append(f"stage: in the new root: {op.describe()}")
-        if self.writes == "read-only":
-            lines.append("stage: make the new root's own mount read-only (mount_setattr, not "
-                         "recursive: the mounts above stay as they are)")
         if self.switch == "pivot_root":
             lines.append(f"stage: cd {self.path}; pivot_root . .; umount -l . (the old root is "
                          "detached: nothing of the host remains but the binds above)")
@@ -175,7 +176,9 @@ class RootfsPlan:
         for op in self.mounts:
             lines += [f"# {op.describe()}", *op.shell(root=True)]
         if self.writes == "read-only":
-            lines.append('mount -o remount,bind,ro -- "$root"')
+            lines += ["# sandboxer makes mounts already inside $root read-only too (mount_setattr,",
+                      "# recursive, before the mounts above); util-linux 2.38's mount cannot",
+                      'mount -o remount,bind,ro -- "$root"']
         if self.switch == "pivot_root":
             lines += ['cd -- "$root"', "pivot_root . .", "umount -l .", "cd /"]
         else:

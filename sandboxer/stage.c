@@ -686,6 +686,31 @@ static void overlay_root(const char *top)
 	free(upper), free(workdir), free(target), free(data);
 }
 
+static int below(const char *path, const char *top) /* both absolute and normalised */
+{
+	size_t n = strlen(top);
+	return !strncmp(path, top, n) && path[n] == '/';
+}
+
+/* rootfs.writes = "read-only": the tree and every mount already inside it (the bind of DIR is
+ * recursive) read-only, before sandboxer's own mounts go on top of it, so that those (/tmp,
+ * HOME, /dev, your binds) stay as asked. Their mount points are made first, while the tree can
+ * still be written; a target below another of them is made later, inside that mount. */
+static void readonly_root(int rootfd, const char *top)
+{
+	for (size_t i = 0; i < cfg.nrootfs_mounts; i++) {
+		const struct mount_op *op = &cfg.rootfs_mounts[i];
+		int nested = 0;
+		for (size_t j = 0; j < i && !nested; j++)
+			nested = below(op->target, cfg.rootfs_mounts[j].target);
+		if (nested)
+			continue;
+		char create = !strcmp(op->kind, "bind") && !source_is_dir(op->source) ? 'f' : 'd';
+		close(walk(rootfd, op->target, create));
+	}
+	set_readonly(rootfd, "", AT_EMPTY_PATH | AT_RECURSIVE, fmt("cannot make the rootfs %s read-only", top));
+}
+
 /* Mount the new root and everything in it; pivot_root into it, or return its fd (chroot). */
 static int setup_rootfs(void)
 {
@@ -701,6 +726,8 @@ static int setup_rootfs(void)
 		CHECK(mount(top, top, NULL, MS_BIND | MS_REC, NULL), "cannot bind the rootfs %s onto itself", top);
 	int rootfd = open(top, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	CHECK(rootfd, "rootfs %s", top);
+	if (!strcmp(cfg.rootfs_writes, "read-only"))
+		readonly_root(rootfd, top);
 	for (size_t i = 0; i < cfg.nrootfs_mounts; i++) {
 		const struct mount_op *op = &cfg.rootfs_mounts[i];
 		if (!strcmp(op->kind, "proc")) {
@@ -729,8 +756,6 @@ static int setup_rootfs(void)
 			}
 		}
 	}
-	if (!strcmp(cfg.rootfs_writes, "read-only"))
-		set_readonly(rootfd, "", AT_EMPTY_PATH, fmt("cannot make the rootfs %s read-only", top));
 	if (strcmp(cfg.rootfs_switch, "pivot_root"))
 		return rootfd;
 	CHECK(fchdir(rootfd), "cannot change into %s", top);

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from .conftest import REQUIRE, sbx
+from .conftest import BIN, REQUIRE, caller_env, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -190,3 +192,20 @@ def test_network_pid_namespace_and_ro_bind(rootfs: Path, home: Path, tmp_path: P
     assert ("host-pids" in lines) == (pid == "--no-pid")  # without a PID namespace, the host's /proc
     assert "WROTE" not in lines and "original" in lines
     assert (data / "f").read_text() == "original\n"
+
+
+def test_read_only_covers_mounts_already_in_the_tree(rootfs: Path, home: Path) -> None:
+    # DIR/sub is a mount point before sandboxer runs (a FUSE or bind mount of the user's, made
+    # here in an outer namespace); read-only must cover it, and leave /tmp and HOME writable
+    (rootfs / "sub").mkdir()
+    inner = shlex.join([str(BIN), "run", "--rootfs", str(rootfs), "--rootfs-writes", "read-only",
+                        "--home", "tmpfs", "--net", "none", "--", "/bin/sh", "-c",
+                        "touch /sub/x && echo WROTE-SUB; touch /etc/x && echo WROTE-ETC; "
+                        "touch /tmp/ok && echo tmp-ok; touch $HOME/ok && echo home-ok; exit 0"])
+    out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--", "/bin/sh", "-c",
+                          f'mount -t tmpfs tmpfs "$0" && exec {inner}', str(rootfs / "sub")],
+                         capture_output=True, text=True, timeout=30, cwd=str(home), env=caller_env(home))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "WROTE-SUB" not in lines and "WROTE-ETC" not in lines
+    assert "tmp-ok" in lines and "home-ok" in lines
