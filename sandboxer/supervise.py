@@ -415,7 +415,9 @@ class Supervisor:
             return
         pgid = _host_pid(self.stage, nspid)
         try:
-            os.tcsetpgrp(0, os.getpgrp())
+            # only if the payload holds it: after `bg` the shell does, and must keep it
+            if pgid > 0 and os.tcgetpgrp(0) == pgid:
+                os.tcsetpgrp(0, os.getpgrp())
         except OSError:
             pass
         # Stop the way Ctrl-Z does (SIGTTOU is ignored here, and after SIGTTIN the shell would

@@ -101,6 +101,12 @@ def test_ctrl_z_suspends_the_sandbox_and_fg_resumes_it(outer_shell, home: Path) 
     assert wait_for(lambda: "Stopped" in screen() and screen().rstrip().endswith("host$")), screen()
     keys("jobs -l", "Enter")
     assert wait_for(lambda: screen().count("Stopped") >= 2), screen()
+    # bg: cat reads the terminal in the background, stops again (SIGTTIN), and the shell keeps
+    # the terminal
+    keys("bg", "Enter")
+    time.sleep(0.5)
+    keys("echo shell-$((6*7)); jobs", "Enter")
+    assert wait_for(lambda: "shell-42" in screen() and screen().count("Stopped") >= 3), screen()
     keys("fg", "Enter")
     time.sleep(0.5)
     keys("second-line", "Enter")  # cat has the terminal again
