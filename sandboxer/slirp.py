@@ -7,14 +7,12 @@ never a fallback to the host's network.
 
 from __future__ import annotations
 
-# _signal, not signal: the wrapper imports enum
-import _signal as signal
-import fcntl
 import os
 import select
 import sys
 
-from .errors import EXIT_FAILURE, SandboxerError
+from . import children
+from .errors import SandboxerError
 
 READY_TIMEOUT = 5.0  # slirp4netns is ready ~4 ms after it starts
 API_TIMEOUT = 5.0  # per API request
@@ -96,13 +94,13 @@ class Slirp:
         ready_r, ready_w = os.pipe()
         exit_r, exit_w = os.pipe()
         self.log = os.memfd_create("slirp4netns-log", os.MFD_CLOEXEC)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - replaced by exec
-            try:
-                self._child(parent, argv, ready_w, exit_r)
-            finally:
-                os._exit(EXIT_FAILURE)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # own process group: a Ctrl-C on the terminal must not kill the network under the payload
+            pid = children.spawn(argv, {READY_FD: ready_w, EXIT_FD: exit_r, 0: null, 1: self.log,
+                                        2: self.log})
+        finally:
+            os.close(null)
         self.pid = pid
         os.close(ready_w)
         os.close(exit_r)
@@ -115,31 +113,6 @@ class Slirp:
         for request, shown in zip(forwards, self.spec["shown"], strict=True):  # type: ignore[call-overload]
             self._forward(request, shown)
         self._remove_dir()  # the socket is not needed any more: nothing can reach it from inside
-
-    def _child(self, parent: int, argv: list[str], ready_w: int, exit_r: int) -> None:
-        import _prctl  # python-prctl's C module (its wrapper costs ~1.3 ms to import)
-
-        # Own process group: a Ctrl-C on the terminal must not kill the network under the payload.
-        os.setpgid(0, 0)
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(EXIT_FAILURE)
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (ready_w, exit_r, self.log)]
-        os.dup2(high[0], READY_FD)
-        os.dup2(high[1], EXIT_FD)
-        null = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(high[2], 1)
-        os.dup2(high[2], 2)
-        os.closerange(EXIT_FD + 1, 65536)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
-                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTOU, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        try:
-            os.execve(argv[0], argv, {"LC_ALL": "C"})
-        except OSError as e:
-            os.write(2, f"cannot execute {argv[0]}: {e.strerror}\n".encode())
 
     def said(self) -> str:
         """The last line slirp4netns wrote, for error messages."""
@@ -256,19 +229,7 @@ class Slirp:
             os.close(self.exit_w)
             self.exit_w = -1
         if self.pid:
-            if self.pidfd >= 0:
-                ready, _, _ = select.select([self.pidfd], [], [], STOP_TIMEOUT)
-            else:
-                ready = []
-            if not ready:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+            children.reap(self.pid, STOP_TIMEOUT, self.pidfd)
             self.pid = 0
         for fd in (self.pidfd, self.log):
             if fd >= 0:

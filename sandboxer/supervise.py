@@ -1,21 +1,22 @@
-"""The supervisor: the only module with side effects on the host.
+"""The supervisor: with children.py (which starts and ends its helpers), the only module with
+side effects on the host.
 
 It spawns the plan's outer hop (unshare ... -- sandboxer-stage) as a child that dies with
 it, hands the stage its config, waits (bounded) for "ready", does parent-side work, says "go",
 forwards signals, and turns the outcome into sandboxer's exit status.
 
-On the hot path: imports only os, signal, select, fcntl (and python-prctl's _prctl in the child).
+On the hot path: imports only os, signal, select and children.
 """
 
 from __future__ import annotations
 
 # _signal, not signal: the wrapper imports enum, ~3 ms on every run
 import _signal as signal
-import fcntl
 import os
 import select
 import sys
 
+from . import children
 from .errors import EXIT_FAILURE, SandboxerError
 
 TYPE_CHECKING = False
@@ -197,13 +198,11 @@ class Supervisor:
             import shlex
 
             print(f"sandboxer: debug: spawning {shlex.join(outer)}", file=sys.stderr)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - replaced by exec
-            try:
-                self._child(parent, outer, (cfg_r, st_w, ctl_r, 2), err_w)
-            finally:
-                os._exit(EXIT_FAILURE)
+        # Own process group: the terminal's Ctrl-C reaches the supervisor (which forwards it),
+        # not unshare, which would die of it and take the stage down without the payload getting
+        # its signal. unshare dies with us: --kill-child then takes the stage (PID 1) and with it
+        # the namespaces.
+        pid = children.spawn(outer, {3: cfg_r, 4: st_w, 5: ctl_r, 6: 2, 2: err_w})
         self.child = pid
         for fd in (cfg_r, st_w, ctl_r, err_w):
             os.close(fd)
@@ -215,29 +214,6 @@ class Supervisor:
             os.close(cfg_w)
         os.set_blocking(err_r, False)
         return st_r, ctl_w, err_r, os.pidfd_open(pid)
-
-    @staticmethod
-    def _child(parent: int, outer: list[str], fds: tuple[int, ...], err_w: int) -> None:
-        # python-prctl's C module: its Python wrapper builds capability tables on import (~1.3 ms)
-        import _prctl
-
-        # Own process group: the terminal's Ctrl-C reaches the supervisor (which forwards it),
-        # not unshare, which would die of it and take the stage down without the payload
-        # getting its signal.
-        os.setpgid(0, 0)
-        # unshare dies with us: --kill-child then takes the stage (PID 1) and the namespace.
-        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(EXIT_FAILURE)
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
-        for target, fd in enumerate(high, start=3):
-            os.dup2(fd, target)
-        os.dup2(err_w, 2)
-        os.closerange(7, 65536)
-        for sig in (*FORWARDED, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.execve(outer[0], outer, {"LC_ALL": "C"})
 
     # ---- messages from the stage ------------------------------------------------------------
     def _read_status(self, fd: int) -> bool:
@@ -300,22 +276,7 @@ class Supervisor:
 
     def _reap(self) -> None:
         """unshare must be gone when we return; kill it (and so the sandbox) if it lingers."""
-        try:
-            pidfd = os.pidfd_open(self.child)
-        except OSError:
-            pidfd = -1
-        if pidfd >= 0:
-            ready, _, _ = select.select([pidfd], [], [], REAP_TIMEOUT)
-            os.close(pidfd)
-            if not ready:
-                try:
-                    os.kill(self.child, signal.SIGKILL)
-                except OSError:
-                    pass
-        try:
-            os.waitpid(self.child, 0)
-        except ChildProcessError:
-            pass
+        children.reap(self.child, REAP_TIMEOUT)
         self.child = 0
 
     def _supervise(self, st_r: int, ctl_w: int, err_r: int, pidfd: int, wake_r: int) -> int:
