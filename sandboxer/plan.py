@@ -102,21 +102,13 @@ class MountOp:
                       f"mount -t tmpfs -o nosuid,nodev,mode=1777,size=64m tmpfs {d}/shm"]
             lines += [f"ln -s {q(t)} {d}/{n}" for n, t in DEV_LINKS]
             return lines
-        if root and self.kind in ("bind", "tmpfs"):
-            if self.kind == "bind":
-                lines.append(f"mount --rbind -- {q(self.source)} {target}")
-                if self.readonly:
-                    lines.append(f"mount -o remount,bind,ro -- {target}")
-            else:
-                lines.append(f"mount -t tmpfs -o {q(self.options())} -- tmpfs {target}")
-            return lines
         if self.kind in ("pin", "bind"):
             source = self.target if self.kind == "pin" else self.source
-            lines.append(f"mount --rbind -- {q(source)} {q(self.target)}")
+            lines.append(f"mount --rbind -- {q(source)} {target}")
             if self.readonly:
-                lines.append(f"mount -o remount,bind,ro -- {q(self.target)}")
+                lines.append(f"mount -o remount,bind,ro -- {target}")
         else:
-            lines.append(f"mount -t tmpfs -o {q(self.options())} -- tmpfs {q(self.target)}")
+            lines.append(f"mount -t tmpfs -o {q(self.options())} -- tmpfs {target}")
         return lines
 
     def recipe(self) -> tuple[str, str, str, bool, int, str, bool]:
