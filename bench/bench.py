@@ -41,6 +41,7 @@ TARGET_RSS_MIB = 15.0  # supervisor peak RSS
 RSS_PROFILE = "clean-home"
 RSS_PAYLOAD = ["sleep", "0.5"]
 POLL_INTERVAL = 0.002  # seconds between reads of /proc/<pid>/status
+RUN_TIMEOUT = 30.0  # seconds for one timed run
 
 
 class BenchError(Exception):
@@ -56,9 +57,13 @@ class Variant:
     times_ms: list[float] = field(default_factory=list)
 
     def stats(self) -> dict[str, float]:
-        t = sorted(self.times_ms)
-        return {"median": statistics.median(t), "p90": percentile(t, 90), "min": t[0], "max": t[-1],
-                "mean": statistics.fmean(t)}
+        return summary(self.times_ms)
+
+
+def summary(times_ms: list[float]) -> dict[str, float]:
+    t = sorted(times_ms)
+    return {"median": statistics.median(t), "p90": percentile(t, 90), "min": t[0], "max": t[-1],
+            "mean": statistics.fmean(t)}
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -110,8 +115,12 @@ def bwrap_argv(bwrap: str, home: str, uid: int, gid: int, net: bool) -> list[str
 def run_once(argv: list[str], env: dict[str, str]) -> float:
     """Wall time of one run in ms; raises BenchError (with its stderr) if it fails."""
     start = time.perf_counter_ns()
-    proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
+    try:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, check=False, timeout=RUN_TIMEOUT,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"timed out after {RUN_TIMEOUT:.0f} s: {' '.join(argv)}") from e
     elapsed = (time.perf_counter_ns() - start) / 1e6
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
@@ -155,12 +164,44 @@ def measure_rss(sandboxer: str, profile: Path, env: dict[str, str]) -> dict[str,
 
 
 def tool_version(argv: list[str]) -> str:
+    """The first line a tool prints of its version (rootlesskit's "Failed to send" noise skipped)."""
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0] if text else "?"
+    for line in (out.stdout + "\n" + out.stderr).splitlines():
+        if line.strip() and not line.startswith("Failed to send"):
+            return line.strip()
+    return "?"
+
+
+def bench_env() -> tuple[dict[str, str], list[str]]:
+    """The environment the variants run in, and a note (also printed) when run as root."""
+    env = dict(os.environ)
+    if not env.get("HOME"):
+        import pwd
+
+        env["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    notes: list[str] = []
+    if os.geteuid() == 0:
+        notes.append("running as root: the product is for unprivileged users, and root's numbers "
+                     "can differ; rerun as an ordinary user")
+        print(f"warning: {notes[-1]}", file=sys.stderr)
+    return env, notes
+
+
+def base_meta(sandboxer: str) -> dict[str, object]:
+    """What every report says about the machine and the sandboxer measured."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "kernel": f"Linux {platform.release()}",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "uid": os.getuid(),
+        "sandboxer": sandboxer,
+        "sandboxer_version": tool_version([sandboxer, "--version"]),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -208,20 +249,31 @@ def build_variants(sandboxer: str, profiles: Path, env: dict[str, str]) -> tuple
     return variants, notes
 
 
-def run_bench(variants: list[Variant], runs: int, warmup: int, env: dict[str, str]) -> None:
+def round_robin(argvs: list[list[str]], runs: int, warmup: int, env: dict[str, str]) -> list[list[float]]:
+    """Times (ms) of each argv: warm-ups first, then runs rounds with the starting one rotating
+    (nobody always runs right after the same other one), the garbage collector off."""
     for _ in range(warmup):
-        for v in variants:
-            run_once(v.argv, env)
+        for argv in argvs:
+            run_once(argv, env)
+    times: list[list[float]] = [[] for _ in argvs]
+    order = list(range(len(argvs)))
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for r in range(runs):
-            k = r % len(variants)
-            for v in variants[k:] + variants[:k]:  # rotate: nobody always runs right after X
-                v.times_ms.append(run_once(v.argv, env))
+            k = r % len(order)
+            for i in order[k:] + order[:k]:
+                times[i].append(run_once(argvs[i], env))
     finally:
         if gc_was_enabled:
             gc.enable()
+    return times
+
+
+def run_bench(variants: list[Variant], runs: int, warmup: int, env: dict[str, str]) -> None:
+    for v, times in zip(variants, round_robin([v.argv for v in variants], runs, warmup, env),
+                        strict=True):
+        v.times_ms = times
 
 
 def verdict(ok: bool) -> str:
@@ -288,17 +340,7 @@ def report(variants: list[Variant], rss: dict[str, float], meta: dict[str, objec
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = dict(os.environ)
-    if not env.get("HOME"):
-        import pwd
-
-        env["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    notes: list[str] = []
-    if os.geteuid() == 0:
-        notes.append("running as root: the product is for unprivileged users, and root's numbers "
-                     "can differ; rerun as an ordinary user")
-        print(f"warning: {notes[-1]}", file=sys.stderr)
+    env, notes = bench_env()
     try:
         sandboxer = find_sandboxer(args.sandboxer)
         variants, more = build_variants(sandboxer, args.profiles.resolve(), env)
@@ -315,13 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     unshare = next(v.argv[0] for v in variants if v.kind == "chain")
     bwrap = next((v.argv[0] for v in variants if v.kind == "bwrap"), None)
     meta: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "kernel": f"Linux {platform.release()}",
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "uid": os.getuid(),
-        "sandboxer": sandboxer,
-        "sandboxer_version": tool_version([sandboxer, "--version"]),
+        **base_meta(sandboxer),
         "unshare_version": tool_version([unshare, "--version"]),
         "bwrap_version": tool_version([bwrap, "--version"]) if bwrap else "bwrap: missing",
         "runs": args.runs,

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -43,7 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BenchError, find_sandboxer, percentile  # noqa: E402
+from bench import (  # noqa: E402
+    BenchError,
+    base_meta,
+    bench_env,
+    find_sandboxer,
+    round_robin,
+    summary,
+    tool_version,
+    verdict,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_READY_MS = 50.0  # web-dev `-- true` median
@@ -51,7 +58,6 @@ TARGET_TPUT_RATIO = 1.0  # sandboxer / plain slirp4netns (informational: ~1.0 me
 GUEST_HTTP = 80
 GUEST_IPERF = 5201
 WEB_DEV_PORT = 8080
-RUN_TIMEOUT = 30.0  # seconds for one `-- true` run
 READY_TIMEOUT = 15.0  # seconds for a server to become reachable through its forward
 IPERF_SECONDS = 3
 SLIRP_MTU = "--mtu=65520"
@@ -67,9 +73,7 @@ class Variant:
     argv_example: list[str] = field(default_factory=list)  # the argv every run uses
 
     def stats(self) -> dict[str, float]:
-        t = sorted(self.times_ms)
-        return {"median": statistics.median(t), "p90": percentile(t, 90), "min": t[0], "max": t[-1],
-                "mean": statistics.fmean(t)}
+        return summary(self.times_ms)
 
 
 @dataclass
@@ -138,22 +142,6 @@ def stderr_of(proc: subprocess.Popen[bytes]) -> str:
 # ---------------------------------------------------------------- 1. time to network ready
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> float:
-    """Wall time of one run in ms; raises BenchError (with its stderr) if it fails."""
-    start = time.perf_counter_ns()
-    try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False, timeout=RUN_TIMEOUT,
-                              start_new_session=True)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"timed out after {RUN_TIMEOUT:.0f} s: {' '.join(argv)}") from e
-    elapsed = (time.perf_counter_ns() - start) / 1e6
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        raise BenchError(f"exit status {proc.returncode} from: {' '.join(argv)}\n{err}")
-    return elapsed
-
-
 def sandboxer_argv(sandboxer: str, port: int, guest: int, payload: list[str]) -> list[str]:
     return [sandboxer, "run", "--net", "slirp4netns", "--home", "tmpfs",
             "--forward", f"127.0.0.1:{port}:{guest}", "--", *payload]
@@ -201,19 +189,9 @@ def build_ready(sandboxer: str, profiles: Path, tools: dict[str, str | None],
 
 
 def run_ready(variants: list[Variant], runs: int, warmup: int, env: dict[str, str]) -> None:
-    for _ in range(warmup):
-        for v in variants:
-            run_once(v.argv_example, env)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(runs):
-            k = r % len(variants)
-            for v in variants[k:] + variants[:k]:
-                v.times_ms.append(run_once(v.argv_example, env))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    for v, times in zip(variants, round_robin([v.argv_example for v in variants], runs, warmup, env),
+                        strict=True):
+        v.times_ms = times
 
 
 # ---------------------------------------------------------------- 2. port-forward throughput
@@ -399,21 +377,6 @@ def run_tput(variants: list[TputVariant], runs: int, tools: dict[str, str | None
 # ---------------------------------------------------------------- report
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    for line in (out.stdout + "\n" + out.stderr).splitlines():
-        if line.strip() and not line.startswith("Failed to send"):
-            return line.strip()
-    return "?"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def report(ready: list[Variant], tput: list[TputVariant], meta: dict[str, object],
            notes: list[str]) -> dict[str, object]:
     stats = {v.name: v.stats() for v in ready}
@@ -508,17 +471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = dict(os.environ)
-    if not env.get("HOME"):
-        import pwd
-
-        env["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    notes: list[str] = []
-    if os.geteuid() == 0:
-        notes.append("running as root: the product is for unprivileged users; rerun as an "
-                     "ordinary user")
-        print(f"warning: {notes[-1]}", file=sys.stderr)
+    env, notes = bench_env()
     tools = {name: find_tool(name, env)
              for name in ("iperf3", "rootlesskit", "pasta", "slirp4netns", "unshare")}
     for name, hint in (("rootlesskit", "rootlesskit"), ("pasta", "passt"),
@@ -538,13 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_net: error: {e}", file=sys.stderr)
         return 1
     meta: dict[str, object] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "kernel": f"Linux {platform.release()}",
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "uid": os.getuid(),
-        "sandboxer": sandboxer,
-        "sandboxer_version": tool_version([sandboxer, "--version"]),
+        **base_meta(sandboxer),
         "slirp4netns_version": tool_version([tools["slirp4netns"], "--version"])
         if tools["slirp4netns"] else "slirp4netns: missing",
         "rootlesskit_version": tool_version([tools["rootlesskit"], "--version"])

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BenchError, find_sandboxer, percentile, run_once  # noqa: E402
+from bench import BenchError, find_sandboxer, percentile, round_robin, verdict  # noqa: E402
 
 APPLETS = ("sh", "true", "mount", "umount", "mkdir", "pivot_root", "ls", "cat")
 TARGET_RATIO = 2.0
@@ -95,19 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         # the naive chain needs util-linux's unshare (and its libraries) inside the tree
         copy_with_libs("/usr/bin/unshare", tree)
         variants["naive chain"] = naive_chain(tree, home, uid, gid)
-        times: dict[str, list[float]] = {name: [] for name in variants}
         try:
-            for _ in range(args.warmup):
-                for cmd in variants.values():
-                    run_once(cmd, env)
-            names = list(variants)
-            for r in range(args.runs):
-                k = r % len(names)
-                for name in names[k:] + names[:k]:
-                    times[name].append(run_once(variants[name], env))
+            measured = round_robin(list(variants.values()), args.runs, args.warmup, env)
         except BenchError as e:
             print(f"bench_rootfs: {e}", file=sys.stderr)
             return 1
+        times = dict(zip(variants, measured, strict=True))
     med = {n: statistics.median(t) for n, t in times.items()}
     print(f"rootfs `-- /bin/true`, busybox-static tree, {args.runs} runs each (ms)")
     for name, t in times.items():
@@ -117,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sandboxer chain itself (sandboxer - cli start): {chain:.1f} ms")
     if "bwrap" in med:
         ratio = chain / med["bwrap"]
-        print(f"  chain / bwrap: {ratio:.2f}x  (target < {TARGET_RATIO}x: {'PASS' if ratio < TARGET_RATIO else 'MISS'})")
+        print(f"  chain / bwrap: {ratio:.2f}x  (target < {TARGET_RATIO}x: {verdict(ratio < TARGET_RATIO)})")
         print(f"  naive chain / bwrap: {med['naive chain'] / med['bwrap']:.2f}x")
         print(f"  whole sandboxer / bwrap: {med['sandboxer'] / med['bwrap']:.2f}x")
     ok = med["sandboxer"] < TARGET_MS
-    print(f"  whole run median {med['sandboxer']:.1f} ms (target < {TARGET_MS:.0f} ms: {'PASS' if ok else 'MISS'})")
+    print(f"  whole run median {med['sandboxer']:.1f} ms (target < {TARGET_MS:.0f} ms: {verdict(ok)})")
     return 0
 
 
