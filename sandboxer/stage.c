@@ -741,15 +741,11 @@ static int setup_rootfs(void)
 			mount_in(rootfd, op->target, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data);
 			free(data);
 		} else {
-			int fd = walk(rootfd, op->target, source_is_dir(op->source) ? 'd' : 'f');
-			char path[64];
-			snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-			CHECK(mount(op->source, path, NULL, MS_BIND | MS_REC, NULL), "cannot bind %s on %s in the rootfs",
-			      op->source, op->target);
-			close(fd);
+			mount_in(rootfd, op->target, source_is_dir(op->source) ? 'd' : 'f', op->source, NULL,
+				 MS_BIND | MS_REC, NULL);
 			if (op->readonly) {
-				/* a fresh fd: the old one names the directory under the new mount */
-				fd = walk(rootfd, op->target, 0);
+				/* a fresh fd: walk()'s names the directory under the new mount */
+				int fd = walk(rootfd, op->target, 0);
 				set_readonly(fd, "", AT_EMPTY_PATH | AT_RECURSIVE,
 					     fmt("cannot make %s read-only", op->target));
 				close(fd);
