@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MEDIAN_MS = 40.0  # clean-home `-- true` median
 TARGET_RSS_MIB = 15.0  # supervisor peak RSS
+TARGET_COST_MS = 1.0  # what new protections may add to the median, against --baseline
 RSS_PROFILE = "clean-home"
 RSS_PAYLOAD = ["sleep", "0.5"]
 POLL_INTERVAL = 0.002  # seconds between reads of /proc/<pid>/status
@@ -92,13 +93,20 @@ def find_sandboxer(option: str | None) -> str:
                      f"{sys.executable}, or put it on PATH")
 
 
+def private_dirs(uid: int) -> list[str]:
+    """What every sandbox replaces with a private tmpfs (sandboxer does it by default)."""
+    return [d for d in ("/tmp", "/var/tmp", "/dev/shm", f"/run/user/{uid}") if os.path.isdir(d)]
+
+
 def chain_argv(unshare: str, uid: int, gid: int, net: bool) -> list[str]:
     """The naive util-linux chain: sh, mount, hostname and unshare as separate execs."""
     outer = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private", "--pid",
              "--fork", "--kill-child", "--mount-proc", "--uts", "--ipc"]
     if net:
         outer.append("--net")
-    script = ('mount -t tmpfs -o size=256M,mode=0700 tmpfs "$HOME" && hostname sandbox && '
+    tmpfs = "".join(f"mount -t tmpfs tmpfs {d} && " for d in private_dirs(uid))
+    script = ("mount -o remount,bind,ro / && " + tmpfs
+              + 'mount -t tmpfs -o size=256M,mode=0700 tmpfs "$HOME" && hostname sandbox && '
               f"exec unshare --user --map-user={uid} --map-group={gid} -- true")
     return [*outer, "--", "/bin/sh", "-c", script]
 
@@ -107,9 +115,11 @@ def bwrap_argv(bwrap: str, home: str, uid: int, gid: int, net: bool) -> list[str
     argv = [bwrap, "--unshare-all"]
     if not net:
         argv.append("--share-net")
-    return [*argv, "--die-with-parent", "--new-session", "--dev-bind", "/", "/", "--tmpfs", home,
-            "--proc", "/proc", "--hostname", "sandbox", "--uid", str(uid), "--gid", str(gid),
-            "--", "true"]
+    argv += ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev"]
+    for d in private_dirs(uid):
+        argv += ["--tmpfs", d]
+    return [*argv, "--tmpfs", home, "--proc", "/proc", "--hostname", "sandbox", "--uid", str(uid),
+            "--gid", str(gid), "--", "true"]
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> float:
@@ -213,6 +223,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="supervisor RSS measurements; the highest is reported (default 3)")
     p.add_argument("--sandboxer", metavar="PATH",
                    help="sandboxer to time (default: next to this Python, else on PATH)")
+    p.add_argument("--baseline", metavar="PATH",
+                   help="another sandboxer (an earlier version) to time alongside: the report gives "
+                        "the difference of the medians, what the changes since cost at start-up")
     p.add_argument("--profiles", metavar="DIR", type=Path, default=REPO / "profiles",
                    help=f"directory with clean-home.toml and offline.toml (default {REPO / 'profiles'})")
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
@@ -225,7 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_variants(sandboxer: str, profiles: Path, env: dict[str, str]) -> tuple[list[Variant], list[str]]:
+def build_variants(sandboxer: str, profiles: Path, env: dict[str, str],
+                   baseline: str | None = None) -> tuple[list[Variant], list[str]]:
     uid, gid, home = os.getuid(), os.getgid(), env["HOME"]
     notes: list[str] = []
     unshare = shutil.which("unshare", path=env.get("PATH")) or "/usr/bin/unshare"
@@ -241,6 +255,9 @@ def build_variants(sandboxer: str, profiles: Path, env: dict[str, str]) -> tuple
             raise BenchError(f"no profile {path} (see --profiles)")
         variants.append(Variant(f"sandboxer {profile}", "sandboxer", profile,
                                 [sandboxer, "run", str(path), "--", "true"]))
+        if baseline:
+            variants.append(Variant(f"baseline {profile}", "baseline", profile,
+                                    [baseline, "run", str(path), "--", "true"]))
         variants.append(Variant(f"util-linux chain {profile}", "chain", profile,
                                 chain_argv(unshare, uid, gid, net)))
         if bwrap:
@@ -311,6 +328,15 @@ def report(variants: list[Variant], rss: dict[str, float], meta: dict[str, objec
             ratios[profile][kind] = ratio
             parts.append(f"vs {label} {ratio:.2f}x")
         lines.append(f"    {profile:<10}  " + ",  ".join(parts))
+    costs: dict[str, float] = {}
+    if ("baseline", "clean-home") in by_kind:
+        lines += ["", f"  sandboxer median - baseline median ({meta.get('baseline_version', '?')}):"]
+        for profile in ("clean-home", "offline"):
+            cost = (stats[by_kind[("sandboxer", profile)].name]["median"]
+                    - stats[by_kind[("baseline", profile)].name]["median"])
+            costs[profile] = cost
+            lines.append(f"    {profile:<10}  {cost:+.2f} ms   (target: within {TARGET_COST_MS:.0f} ms) "
+                         f"{verdict(cost <= TARGET_COST_MS)}")
     median = stats[by_kind[("sandboxer", "clean-home")].name]["median"]
     targets = {
         "clean_home_median_ms": {"value": median, "target": TARGET_MEDIAN_MS,
@@ -335,7 +361,7 @@ def report(variants: list[Variant], rss: dict[str, float], meta: dict[str, objec
     return {"meta": meta,
             "variants": [{"name": v.name, "kind": v.kind, "profile": v.profile, "argv": v.argv,
                           "stats_ms": stats[v.name], "times_ms": v.times_ms} for v in variants],
-            "ratios": ratios, "supervisor_rss": rss, "targets": targets}
+            "ratios": ratios, "baseline_cost_ms": costs, "supervisor_rss": rss, "targets": targets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     env, notes = bench_env()
     try:
         sandboxer = find_sandboxer(args.sandboxer)
-        variants, more = build_variants(sandboxer, args.profiles.resolve(), env)
+        baseline = find_sandboxer(args.baseline) if args.baseline else None
+        variants, more = build_variants(sandboxer, args.profiles.resolve(), env, baseline)
         notes += more
         for note in more:
             print(f"warning: {note}", file=sys.stderr)
@@ -360,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         **base_meta(sandboxer),
         "unshare_version": tool_version([unshare, "--version"]),
         "bwrap_version": tool_version([bwrap, "--version"]) if bwrap else "bwrap: missing",
+        "baseline": baseline or "",
+        "baseline_version": tool_version([baseline, "--version"]) if baseline else "",
         "runs": args.runs,
         "warmup": args.warmup,
         "rss_runs": args.rss_runs,

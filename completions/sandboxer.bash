@@ -4,16 +4,16 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --debug --help" ;;
+        run) echo "--profile --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --map --home --home-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --shell --json --debug --help" ;;
-        rootfs) echo "--sha256 --debug --help" ;;
+        explain) echo "--profile --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --shell --json --debug --help" ;;
+        rootfs) echo "--sha256 --max-size --debug --help" ;;
     esac
 }
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--map|--home|--home-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--sha256) return 0 ;;
+        --profile|--map|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--sha256|--max-size) return 0 ;;
     esac
     return 1
 }
@@ -29,6 +29,7 @@ _sandboxer_value() {  # complete the value of option $1 from the word $2
         --map) COMPREPLY=($(compgen -W "self root" -- "$2")) ;;
         --home) COMPREPLY=($(compgen -W "host tmpfs" -- "$2")) ;;
         --home-size) COMPREPLY=() ;;
+        --tmp-size) COMPREPLY=() ;;
         --net) COMPREPLY=($(compgen -W "host none slirp4netns" -- "$2")) ;;
         --forward) COMPREPLY=() ;;
         --hostname) COMPREPLY=() ;;
@@ -41,7 +42,9 @@ _sandboxer_value() {  # complete the value of option $1 from the word $2
         --env) COMPREPLY=() ;;
         --keep-env) COMPREPLY=($(compgen -v -- "$2")) ;;
         --cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        --accept-exposure) COMPREPLY=($(compgen -W "abstract-sockets signals" -- "$2")) ;;
         --sha256) COMPREPLY=() ;;
+        --max-size) COMPREPLY=() ;;
         *) COMPREPLY=() ;;
     esac
 }

@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --map --home --home-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --sha256
+            case --profile --map --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --sha256 --max-size
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -106,6 +106,7 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l profile -r -F -d '
 complete -c sandboxer -n '__sandboxer_options run explain' -l map -x -a 'self root' -d 'who the command is inside: \'self\' (your uid/gid) or \'root\' (uid 0, still you outside)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home -x -a 'host tmpfs' -d 'HOME: \'host\' (your real home) or \'tmpfs\' (empty, throwaway, size-limited)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home-size -x -d 'size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l tmp-size -x -d 'size limit of the private /tmp and /var/tmp, in bytes or with a k/M/G suffix (default 512M)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l net -x -a 'host none slirp4netns' -d 'network: \'host\' (no network namespace), \'none\' (own namespace with only lo) or \'slirp4netns\' (own namespace, user-mode networking through slirp4netns)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l allow-host-loopback -d 'slirp4netns: let the sandbox reach the host\'s 127.0.0.1 through 10.0.2.2 (default off)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l no-allow-host-loopback -d 'slirp4netns: let the sandbox reach the host\'s 127.0.0.1 through 10.0.2.2 (default off)'
@@ -126,9 +127,11 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l rootfs-writes -x -
 complete -c sandboxer -n '__sandboxer_options run explain' -l env -x -d 'set an environment variable inside; repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l keep-env -x -a '(set --names --export)' -d 'keep this variable of the caller\'s environment (NAME* keeps a prefix); repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l cwd -x -a '(__fish_complete_directories)' -d 'working directory inside (default: your cwd when visible inside, else HOME)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l accept-exposure -x -a 'abstract-sockets signals' -d 'run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this exposure: \'abstract-sockets\' (host network) or \'signals\' (no PID namespace); repeatable'
 complete -c sandboxer -n '__sandboxer_options explain' -l shell -d 'print the plan as a shell script a person can read and run'
 complete -c sandboxer -n '__sandboxer_options explain' -l json -d 'print the plan as JSON'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l sha256 -x -d 'the tarball\'s expected SHA-256 (64 hex digits); checked before anything is unpacked'
+complete -c sandboxer -n '__sandboxer_options rootfs' -l max-size -x -d 'write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free space of DIR\'s filesystem'
 complete -c sandboxer -n '__sandboxer_options run check explain rootfs' -l debug -d 'show Python tracebacks and the chain being run'
 complete -c sandboxer -n '__sandboxer_options run check explain rootfs' -l help -d 'show this help and exit'
 complete -c sandboxer -n '__sandboxer_nth check 0+' -k -x -a '(__sandboxer_profiles)'

@@ -1,3 +1,3 @@
 """sandboxer: rootless sandboxes from TOML profiles, compiled to util-linux chains."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

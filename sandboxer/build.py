@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .compile import compile
+from .compile import ProfileKeyError, compile
 from .errors import SandboxerError
 from .host import HostFacts
-from .load import load
+from .load import ProfileError, load_located
 from .options import Opt
 from .plan import Plan
 
@@ -18,8 +18,16 @@ def build_plan(
     overrides: Sequence[tuple[Opt, str, str | None]],
     host: HostFacts,
     argv: Sequence[str] | None = None,
+    data: bytes | None = None,
 ) -> Plan:
-    plan = compile(load(profile, overrides), host)
+    """Load (from data, when given: the bytes the plan cache key was computed from), validate,
+    compile, and check the tools the plan runs. Every problem found is a SandboxerError; one
+    with a profile key names its file:line (or the option that set it)."""
+    loaded = load_located(profile, overrides, data)
+    try:
+        plan = compile(loaded.profile, host)
+    except ProfileKeyError as e:
+        raise ProfileError([f"{loaded.where(e.loc)}: {e.message}" + (f"; {e.hint}" if e.hint else "")]) from None
     if plan.network is not None:
         check_slirp4netns(host.tools.get("slirp4netns", ""))
     if argv:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import EXIT_CHECK_INVALID, EXIT_FAILURE, SandboxerError
+from .errors import EXIT_CHECK_INVALID, EXIT_FAILURE, SandboxerError, printable
 from .options import Args, UsageError, help_text, parse
 
 TYPE_CHECKING = False
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(argv)
         return _dispatch(args)
     except UsageError as e:
-        print(f"sandboxer: error: {e}", file=sys.stderr)
+        print(printable(f"sandboxer: error: {e}"), file=sys.stderr)
         return EXIT_FAILURE
     except SandboxerError as e:
         if debug:
@@ -79,39 +79,58 @@ def _dispatch(args: Args) -> int:
 def _rootfs(args: Args) -> int:
     from .rootfs_import import import_tarball
 
-    given = [value for opt, _spelling, value in args.overrides if opt.name == "sha256"]
-    sha256 = given[-1] if given else None
+    given = {opt.name: value for opt, _spelling, value in args.overrides}
+    max_size = None
+    if given.get("max-size") is not None:
+        from .profile import parse_size
+
+        try:
+            parsed = parse_size(given["max-size"])
+        except ValueError as e:
+            raise SandboxerError(f"option --max-size: {e}") from None
+        if not isinstance(parsed, int):
+            raise SandboxerError(f"option --max-size: expected a size, got {given['max-size']!r}")
+        max_size = parsed
     _verb, tarball, directory = args.positionals
-    print(import_tarball(tarball, directory, sha256=sha256))
+    print(printable(import_tarball(tarball, directory, sha256=given.get("sha256"), max_size=max_size)))
     return 0
 
 
 def _check(args: Args) -> int:
-    from .load import ProfileError, load
+    """Every check `run` makes, short of starting anything: the schema, then compiling against
+    this host (mount targets, the plan cache, tools and their versions)."""
+    from .build import build_plan
+    from .load import ProfileError
 
+    facts = _host()
     bad = 0
     for path in args.profiles:
         try:
-            load(path, args.overrides)
+            build_plan(path, args.overrides, facts)
         except ProfileError as e:
             bad += 1
             for problem in e.problems:
-                print(f"sandboxer: error: {problem}", file=sys.stderr)
+                print(printable(f"sandboxer: error: {problem}"), file=sys.stderr)
+        except SandboxerError as e:
+            bad += 1
+            print(printable(f"sandboxer: error: {path}: {e.message}" + (f" ({e.hint})" if e.hint else "")),
+                  file=sys.stderr)
         else:
-            print(f"{path}: ok")
+            print(printable(f"{path}: ok"))
     return EXIT_CHECK_INVALID if bad else 0
 
 
 def _host() -> HostFacts:
+    """Host facts, with sandboxer's own state directories made (private, 0700) and their
+    user-owned ancestors found (to be pinned): a directory that cannot be made is not used."""
     from . import cache, host
 
     facts = host.gather()
-    if cache.ensure_dir(facts.cache_dir):
-        facts.cache_pins = host.user_owned_ancestors(facts.cache_dir, facts.uid)
-    else:
-        # No cache (e.g. a read-only home): nothing to hide, nothing cached.
-        facts.cache_dir = ""
-        facts.cache_pins = ()
+    if not cache.ensure_dir(facts.cache_dir, "plans", private=False):
+        facts.cache_dir = ""  # e.g. a read-only home: nothing cached
+    if facts.key_dir and not cache.ensure_dir(facts.key_dir):
+        facts.key_dir = ""  # then nothing is cached either: an entry could not be trusted
+    facts.find_pins()
     return facts
 
 
@@ -134,17 +153,26 @@ def _run(args: Args) -> int:
 
     facts = _host()
     profile = args.profiles[0] if args.profiles else None
+    # Read once: the plan is compiled from exactly these bytes, and stored under their key.
     data = cache.read_profile_for_key(profile) if profile else b""
-    entry = cache.key(args.tokens, profile, data, facts.key()) if data is not None else ""
-    recipe = cache.load(facts.cache_dir, entry) if entry and facts.cache_dir else None
+    secret = cache.read_key(facts.key_dir) if facts.key_dir and facts.cache_dir else None
+    entry = cache.key(args.tokens, profile, data, facts.key()) if data is not None and secret else ""
+    recipe = None
+    if entry and secret:
+        try:
+            recipe = cache.load(facts.cache_dir, entry, secret)
+        except cache.Rejected as e:
+            where = os.path.join(facts.cache_dir, "plans", entry)
+            print(printable(f"sandboxer: warning: ignoring the cached plan {where}: {e}; compiling "
+                            "the profile again"), file=sys.stderr)
     if recipe is None:
-        recipe = _compile_in_child(args, facts, "debug" in args.flags)
-        if entry and facts.cache_dir:
-            cache.store(facts.cache_dir, entry, recipe)
+        recipe = _compile_in_child(args, facts, data, "debug" in args.flags)
+        if entry and secret:
+            cache.store(facts.cache_dir, entry, recipe, secret)
     return supervise.run(recipe, args.argv, debug="debug" in args.flags)
 
 
-def _compile_in_child(args: Args, facts: HostFacts, debug: bool) -> dict[str, object]:
+def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: bool) -> dict[str, object]:
     """Validate and compile in a child process, so the supervisor never carries pydantic's
     ~30 MiB while the payload runs."""
     import marshal
@@ -156,7 +184,8 @@ def _compile_in_child(args: Args, facts: HostFacts, debug: bool) -> dict[str, ob
         try:
             from .build import build_plan
 
-            plan = build_plan(args.profiles[0] if args.profiles else None, args.overrides, facts)
+            plan = build_plan(args.profiles[0] if args.profiles else None, args.overrides, facts,
+                              data=data if args.profiles else None)
             out = b"K" + marshal.dumps(plan.recipe())
         except SandboxerError as e:
             out = b"E" + marshal.dumps((e.message, e.hint, e.code))

@@ -15,6 +15,7 @@ from .plan import (
     STAGE_PID,
     EnvRule,
     Forward,
+    Isolation,
     MountOp,
     NetworkPlan,
     Plan,
@@ -24,13 +25,28 @@ from .plan import (
 from .profile import MIB, Profile
 
 TMPFS_DEFAULT_SIZE = 64 * MIB
+RUNTIME_SIZE = 64 * MIB
+SHM_SIZE = 64 * MIB
 HIDE_SIZE = 4096
 HARDENING = (
     "no_new_privs",
     "seccomp: ioctl TIOCSTI/TIOCLINUX -> EPERM",
     "only fds 0-2",
     "no capabilities outside its own user namespace",
+    "Landlock domain: no ptrace of processes outside the sandbox",
 )
+SCOPES = {
+    "abstract-sockets": "Landlock scope: no connecting to abstract unix sockets made outside the sandbox",
+    "signals": "Landlock scope: no signals to processes outside the sandbox",
+}
+
+
+class ProfileKeyError(SandboxerError):
+    """A problem with one profile key that only compiling finds; build.py adds file:line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.loc = loc
 
 
 def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name is the concept
@@ -42,6 +58,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
             "install util-linux (apt install util-linux)",
         )
     ns = profile.namespaces
+    own_net = profile.network.mode in ("none", "slirp4netns")
     namespaces = ["user", "mount"]
     outer = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]
     if ns.pid:
@@ -49,7 +66,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         # --kill-child: unshare's child (our stage, PID 1) gets SIGKILL when unshare dies,
         # and unshare itself gets SIGKILL when the supervisor dies (PR_SET_PDEATHSIG).
         outer += ["--pid", "--fork", "--kill-child", "--mount-proc"]
-    if profile.network.mode in ("none", "slirp4netns"):
+    if own_net:
         namespaces.append("net")
         outer.append("--net")
     if ns.uts:
@@ -60,31 +77,72 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         outer.append("--ipc")
     outer += ["--", host.stage]
 
+    guards = _guards(host)
     rootfs = _rootfs(profile, host)
-    mounts = _mounts(profile, host, rootfs_mode=rootfs is not None)
-    home = host.home
+    warnings: list[str] = []
     if rootfs is not None:
-        cwd = expand(profile.command.cwd, host) if profile.command.cwd is not None else home
+        mounts: list[MountOp] = []
+        cwd = expand(profile.command.cwd, host) if profile.command.cwd is not None else host.home
     else:
-        cwd = _cwd(profile, host, mounts)
+        mounts = _mounts(profile, host, own_net=own_net)
+        cwd = _cwd(profile, host, mounts, warnings)
+    network = _network(profile, host)
+    if network is not None:
+        warnings[:0] = network.warnings
     shell = "/bin/sh" if rootfs is not None else host.shell
     return Plan(
         description=profile.description,
         namespaces=tuple(namespaces),
         outer=tuple(outer),
+        guards=tuple(guards),
         mounts=tuple(mounts),
         hostname=ns.hostname if ns.uts else "",
-        loopback_up=profile.network.mode in ("none", "slirp4netns"),
+        loopback_up=own_net,
         inner=_usermap(profile, host),
         cwd=cwd,
-        env=_env(profile, host, home, shell),
+        env=_env(profile, host, host.home, shell),
         command=tuple(profile.command.argv or (shell,)),
         pid=ns.pid,
         hardening=HARDENING,
-        cache_dir=host.cache_dir,
-        network=_network(profile, host),
+        isolation=_isolation(profile, host, own_net=own_net),
+        warnings=tuple(warnings),
+        network=network,
         rootfs=rootfs,
     )
+
+
+def _isolation(profile: Profile, host: HostFacts, *, own_net: bool) -> Isolation:
+    """Which Landlock scopes the payload must get, and what the profile says it accepts instead.
+
+    Abstract unix sockets belong to a network namespace, so an own one already keeps the host's
+    out of reach; signals (and ptrace) reach only what a PID namespace shows. Where neither
+    namespace is there, only Landlock's scoping closes the hole; on kernels without it the run
+    fails unless the profile accepts the exposure."""
+    needed = []
+    if not own_net:
+        needed.append("abstract-sockets")
+    if not profile.namespaces.pid:
+        needed.append("signals")
+    accepted = tuple(e for e in needed if e in profile.security.accept_exposures)
+    return Isolation(
+        required=tuple(e for e in needed if e not in accepted),
+        accepted=accepted,
+    )
+
+
+def _guards(host: HostFacts) -> list[MountOp]:
+    """Mounts on the host's own tree before anything else, so that every later bind (an rbind
+    of an ancestor, say) carries them along: sandboxer's state hidden, its install read-only."""
+    ops = [MountOp("pin", path, why="the payload cannot rename it: it leads to sandboxer's state or "
+                   "installation") for path in host.pins]
+    whats = {host.cache_dir: "sandboxer's plan cache", host.key_dir: "the key of sandboxer's plan cache"}
+    for path in host.private_dirs:
+        ops.append(MountOp("hide", path, readonly=True, size=HIDE_SIZE, mode="0555",
+                           why=f"{whats[path]}, out of the payload's reach"))
+    for path in host.own_paths:
+        ops.append(MountOp("protect", path, readonly=True,
+                           why="sandboxer's own installation, read-only even inside a writable bind"))
+    return ops
 
 
 def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
@@ -94,32 +152,32 @@ def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
         return None
     path = expand(spec.path, host)
     if path == "/":
-        raise SandboxerError("rootfs.path: / is the host's own root", "name a root filesystem's directory")
+        raise ProfileKeyError(("rootfs", "path"), "/ is the host's own root", "name a root filesystem's directory")
     if spec.writes == "overlay" and any(c in path for c in ",:\\"):
-        raise SandboxerError(f"rootfs.path: {path} contains ',', ':' or a backslash, which overlayfs "
-                             "cannot take as a lower directory", "move or link the tree elsewhere")
+        raise ProfileKeyError(("rootfs", "path"), f"{path} contains ',', ':' or a backslash, which overlayfs "
+                        "cannot take as a lower directory", "move or link the tree elsewhere")
     ops: list[MountOp] = []
     if profile.namespaces.pid:
         ops.append(MountOp("proc", "/proc", create=True, why="the PID namespace's own"))
     else:
         ops.append(MountOp("procbind", "/proc", create=True))
     ops.append(MountOp("dev", "/dev", create=True))
-    ops.append(MountOp("tmpfs", "/tmp", size=TMPFS_DEFAULT_SIZE, mode="1777", create=True))
+    ops.append(MountOp("tmpfs", "/tmp", size=profile.tmp.size, mode="1777", create=True))
     if profile.home.mode == "tmpfs":
         ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", create=True,
                            why="HOME"))
     else:
         ops.append(MountOp("bind", host.home, source=host.home, create=True, why="HOME (the host's)"))
     for index, mount in enumerate(profile.mounts):
-        key = f"mounts[{index}]"
+        loc = ("mounts", index)
         target = expand(mount.target or mount.source or "", host)
         if target == "/":
-            raise SandboxerError(f"{key}.target: cannot mount over /", "name a directory below /")
+            raise ProfileKeyError((*loc, "target"), "cannot mount over /", "name a directory below /")
         if mount.type == "tmpfs":
             ops.append(MountOp("tmpfs", target, size=mount.size or TMPFS_DEFAULT_SIZE, mode="0755",
                                create=True))
             continue
-        source = _bind_source(mount.source or "", key, host)
+        source = _bind_source(mount.source or "", loc, host)
         ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind",
                            create=True))
     return RootfsPlan(path=path, switch=spec.switch, writes=spec.writes, mounts=tuple(ops))
@@ -151,7 +209,12 @@ def _network(profile: Profile, host: HostFacts) -> NetworkPlan | None:
     # --userns-path/--netns-type=path form breaks --enable-sandbox in slirp4netns 1.2.
     argv += [STAGE_PID, "tap0"]
     forwards = tuple(Forward(f.proto, f.host_addr, f.host_port, f.guest_port) for f in net.forwards)
-    for fwd in forwards:
+    for index, fwd in enumerate(forwards):
+        if ":" in fwd.host_addr:
+            # slirp4netns's add_hostfwd parses host_addr with inet_pton(AF_INET) (1.2 and older)
+            raise ProfileKeyError(("network", "forwards", index, "host_addr"),
+                            f"{fwd.host_addr} is an IPv6 address, and slirp4netns forwards from IPv4 "
+                            "addresses only", "use 127.0.0.1 (or another IPv4 address)")
         if fwd.host_addr != "127.0.0.1":
             warnings.append(f"forward {fwd.describe()} listens on {fwd.host_addr}, not only 127.0.0.1: "
                             "other hosts or users may reach the sandbox")
@@ -188,36 +251,45 @@ def _under(path: str, top: str) -> bool:
     return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
 
 
-def _mounts(profile: Profile, host: HostFacts, rootfs_mode: bool = False) -> list[MountOp]:
-    ops: list[MountOp] = []
-    # The plan cache must not be writable from inside: pin every user-owned ancestor (the
-    # kernel refuses to rename a mount point with EBUSY) and hide the cache itself, before any
-    # mount of the profile, so that binds of its ancestors carry both along (rbind).
-    for path in host.cache_pins:
-        ops.append(MountOp("pin", path, why="the payload cannot rename it"))
-    if host.cache_dir:
-        ops.append(
-            MountOp("hide", host.cache_dir, readonly=True, size=HIDE_SIZE, mode="0555",
-                    why="sandboxer's plan cache, out of the payload's reach")
-        )
-    if rootfs_mode:
-        return ops  # HOME and the profile's mounts go inside the new root (see _rootfs)
+def _mounts(profile: Profile, host: HostFacts, *, own_net: bool) -> list[MountOp]:
+    """The sandbox's view of the host's tree: all of it read-only, the host's shared scratch
+    places and runtime directories replaced by private tmpfs, then HOME and the profile's mounts."""
+    ops = [MountOp("readonly-root", "/", readonly=True)]
+    if own_net:
+        ops.append(MountOp("sysfs", "/sys", readonly=True,
+                           why="the sandbox's own network interfaces, not the host's"))
     fresh: list[str] = []  # targets of tmpfs mounts made by this plan: we may create under them
+    for path in host.scratch_dirs:
+        size = SHM_SIZE if path == "/dev/shm" else profile.tmp.size
+        ops.append(MountOp("tmpfs", path, size=size, mode="1777", why="private, not the host's"))
+        fresh.append(path)
+    for path in host.runtime_dirs:
+        ops.append(MountOp("tmpfs", path, size=RUNTIME_SIZE, mode="0700",
+                           create=any(_under(path, top) for top in fresh),
+                           why="private: the host's session bus, systemd --user and agents stay out "
+                               "of reach"))
+        fresh.append(path)
     if profile.home.mode == "tmpfs":
-        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", why="HOME"))
+        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700",
+                           create=any(_under(host.home, top) for top in fresh), why="HOME"))
         fresh.append(host.home)
+    else:
+        ops.append(MountOp("bind", host.home, source=host.home,
+                           create=any(_under(host.home, top) for top in fresh),
+                           why="HOME (the host's, writable)"))
+        fresh = [top for top in fresh if not _under(top, host.home)]
     for index, mount in enumerate(profile.mounts):
-        key = f"mounts[{index}]"
+        loc = ("mounts", index)
         target = expand(mount.target or mount.source or "", host)
         if target == "/":
-            raise SandboxerError(f"{key}.target: cannot mount over /", "name a directory below /")
+            raise ProfileKeyError((*loc, "target"), "cannot mount over /", "name a directory below /")
         create = any(_under(target, top) and target != top for top in fresh)
         if mount.type == "tmpfs":
             size = mount.size or TMPFS_DEFAULT_SIZE
             ops.append(MountOp("tmpfs", target, size=size, mode="0755", create=create))
             fresh.append(target)
             continue
-        source = _bind_source(mount.source or "", key, host)
+        source = _bind_source(mount.source or "", loc, host)
         ops.append(
             MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create)
         )
@@ -226,17 +298,16 @@ def _mounts(profile: Profile, host: HostFacts, rootfs_mode: bool = False) -> lis
     return ops
 
 
-def _bind_source(path: str, key: str, host: HostFacts) -> str:
+def _bind_source(path: str, loc: tuple[str | int, ...], host: HostFacts) -> str:
     source = expand(path, host)
-    if host.cache_dir and _under(source, host.cache_dir):
-        raise SandboxerError(
-            f"{key}.source: {source} is sandboxer's plan cache, which no sandbox may see",
-            "bind another directory",
-        )
+    for private in host.private_dirs:
+        if _under(source, private):
+            raise ProfileKeyError((*loc, "source"), f"{source} is sandboxer's own state ({private}), which "
+                            "no sandbox may see", "bind another directory")
     return source
 
 
-def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp]) -> str:
+def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp], warnings: list[str]) -> str:
     if profile.command.cwd is not None:
         return expand(profile.command.cwd, host)
     # The caller's cwd stays if the last mount covering it shows the same directory.
@@ -250,6 +321,11 @@ def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp]) -> str:
         if op.kind == "bind" and _under(host.cwd, op.source):
             inside = op.target + host.cwd[len(op.source):]
             return posixpath.normpath(inside)
+    if host.cwd == host.home:
+        return host.home  # the throwaway HOME stands in for yours: what a clean HOME means
+    warnings.append(f"your working directory {host.cwd} is hidden in the sandbox (under "
+                    f"{last.target}'s private tmpfs), so the command starts in HOME; "
+                    "to work on it, bind it: --bind .")
     return host.home
 
 

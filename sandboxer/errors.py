@@ -22,4 +22,11 @@ class SandboxerError(Exception):
         text = f"sandboxer: error: {self.message}"
         if self.hint:
             text += f" ({self.hint})"
+        return printable(text)
+
+
+def printable(text: str) -> str:
+    """text on one line: control characters (a newline in a path, say) shown as escapes."""
+    if text.isprintable():
         return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

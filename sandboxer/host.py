@@ -1,12 +1,13 @@
 """HostFacts: everything compile() needs to know about this machine and caller, probed once.
 
-On the hot path: imports only os and pwd.
+On the hot path: imports only os, pwd and sys.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import sys
 
 from .errors import SandboxerError
 
@@ -16,16 +17,30 @@ SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 TOOLS = ("unshare", "slirp4netns")
 # Testing hook only: a slirp4netns to use instead of the system one (for fakes in the tests).
 SLIRP_OVERRIDE_ENV = "SANDBOXER_SLIRP4NETNS"
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # The stage: a small C program built with the package (sandboxer/stage.c), run inside.
-STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandboxer-stage")
+STAGE = os.path.join(PACKAGE_DIR, "sandboxer-stage")
+# Shared scratch places of the host that every sandbox replaces with a private tmpfs.
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class HostFacts:
-    """Facts about the host and the caller. Plain data; compile() reads nothing else."""
+    """Facts about the host and the caller. Plain data; compile() reads nothing else.
+
+    private_dirs: sandboxer's own state (the plan cache, the directory of the key that
+    authenticates it); hidden in every sandbox.
+    pins: the user-owned ancestors of private_dirs and own_paths, which every sandbox pins (a
+    payload renaming one could put its own state or installation in their place).
+    runtime_dirs: the caller's runtime directories (/run/user/UID, $XDG_RUNTIME_DIR): session
+    bus, systemd --user, agents; hidden in every sandbox unless a profile binds a socket back in.
+    scratch_dirs: which of SCRATCH exist. own_paths: sandboxer's installation (package, stage,
+    the Python environment running it) where the caller could write it; read-only in every
+    sandbox.
+    """
 
     __slots__ = (
         "uid", "gid", "user", "home", "shell", "cwd", "tools", "stage",
-        "cache_dir", "cache_pins",
+        "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths",
     )
 
     def __init__(
@@ -40,7 +55,11 @@ class HostFacts:
         tools: dict[str, str],
         stage: str,
         cache_dir: str,
-        cache_pins: tuple[str, ...],
+        key_dir: str,
+        pins: tuple[str, ...],
+        runtime_dirs: tuple[str, ...],
+        scratch_dirs: tuple[str, ...],
+        own_paths: tuple[str, ...],
     ) -> None:
         self.uid = uid
         self.gid = gid
@@ -51,7 +70,19 @@ class HostFacts:
         self.tools = tools
         self.stage = stage
         self.cache_dir = cache_dir
-        self.cache_pins = cache_pins
+        self.key_dir = key_dir
+        self.pins = pins
+        self.runtime_dirs = runtime_dirs
+        self.scratch_dirs = scratch_dirs
+        self.own_paths = own_paths
+
+    @property
+    def private_dirs(self) -> tuple[str, ...]:
+        return tuple(d for d in (self.cache_dir, self.key_dir) if d)
+
+    def find_pins(self) -> None:
+        """(Re)compute pins, once private_dirs exist (or were given up)."""
+        self.pins = pins_for((*self.private_dirs, *self.own_paths), self.uid)
 
     def key(self) -> tuple[object, ...]:
         """A stable tuple of every fact, for the plan cache key."""
@@ -69,9 +100,15 @@ class HostFacts:
             uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
             cwd="/home/alice/src/project",
             tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns"},
-            stage="/usr/lib/python3/dist-packages/sandboxer/sandboxer-stage",
+            stage="/home/alice/.local/pipx/venvs/sandboxer/lib/python3.11/site-packages/sandboxer/"
+                  "sandboxer-stage",
             cache_dir="/home/alice/.cache/sandboxer",
-            cache_pins=("/home/alice", "/home/alice/.cache"),
+            key_dir="/home/alice/.local/state/sandboxer",
+            pins=("/home/alice", "/home/alice/.cache", "/home/alice/.local", "/home/alice/.local/pipx",
+                  "/home/alice/.local/state", "/home/alice/.local/pipx/venvs"),
+            runtime_dirs=("/run/user/1000",),
+            scratch_dirs=SCRATCH,
+            own_paths=("/home/alice/.local/pipx/venvs/sandboxer",),
         )
         facts.update(changes)
         return cls(**facts)  # type: ignore[arg-type]
@@ -101,10 +138,17 @@ def cache_dir(environ: dict[str, str] | os._Environ[str], home: str) -> str:
     return os.path.join(base, "sandboxer")
 
 
+def key_dir(pw_home: str) -> str:
+    """Where the plan cache's key lives: below the home of the passwd entry, never below a
+    directory the environment names ($HOME, $XDG_*), so that every run of the user, whatever
+    its environment, hides the same key from its payload."""
+    return os.path.join(pw_home, ".local", "state", "sandboxer")
+
+
 def user_owned_ancestors(path: str, uid: int) -> tuple[str, ...]:
     """The ancestors of path that uid owns, outermost first, stopping at the first it doesn't.
 
-    The payload runs as uid, so it could rename any of these and put its own plan cache in
+    The payload runs as uid, so it could rename any of these and put its own directory in
     their place; the sandbox pins them (bind-mounts each onto itself, and the kernel refuses
     to rename a mount point of the caller's mount namespace with EBUSY).
     """
@@ -120,6 +164,57 @@ def user_owned_ancestors(path: str, uid: int) -> tuple[str, ...]:
         found.append(current)
         current = os.path.dirname(current)
     return tuple(reversed(found))
+
+
+def pins_for(paths: tuple[str, ...], uid: int) -> tuple[str, ...]:
+    """The user-owned ancestors of every path, outermost first, each once."""
+    found: dict[str, None] = {}
+    for path in paths:
+        found.update(dict.fromkeys(user_owned_ancestors(path, uid)))
+    return tuple(sorted(found, key=lambda p: (p.count("/"), p)))
+
+
+def _private_runtime_dir(path: str, uid: int) -> bool:
+    """A runtime directory as pam_systemd makes it: a real directory of uid's, mode 0700."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == uid and not st.st_mode & 0o077
+
+
+def runtime_dirs(environ: dict[str, str] | os._Environ[str], uid: int) -> tuple[str, ...]:
+    found = []
+    for path in (f"/run/user/{uid}", environ.get("XDG_RUNTIME_DIR", "")):
+        if path.startswith("/"):
+            path = os.path.realpath(path)
+            if path not in found and path != "/" and _private_runtime_dir(path, uid):
+                found.append(path)
+    return tuple(found)
+
+
+def own_paths(uid: int) -> tuple[str, ...]:
+    """sandboxer's own installation, where uid could change it: the package (with the stage),
+    the Python environment running it (a venv, pipx's, a user-owned interpreter) and every
+    module directory it imports from. Outermost directories only."""
+    candidates = [PACKAGE_DIR, sys.prefix, sys.base_prefix, *sys.path]
+    script = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script.startswith("/"):
+        candidates.append(script)
+    found: set[str] = set()
+    for path in dict.fromkeys(candidates):
+        if not path or not path.startswith("/"):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_uid == uid or os.access(path, os.W_OK):
+            path = os.path.realpath(path)  # only for the few kept: realpath costs a stat a component
+            if path != "/":
+                found.add(path)
+    outermost = [p for p in found if not any(p.startswith(q + "/") for q in found)]
+    return tuple(sorted(outermost))
 
 
 def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFacts:
@@ -152,8 +247,12 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
         # For the test suite's fake helpers; part of the facts, so of the plan cache key too.
         tools["slirp4netns"] = override
     cache = os.path.realpath(cache_dir(env, home))
-    return HostFacts(
+    keys = os.path.realpath(key_dir(pw_home)) if pw_home.startswith("/") and pw_home != "/" else ""
+    facts = HostFacts(
         uid=uid, gid=gid, user=user, home=home, shell=shell or "/bin/sh", cwd=cwd,
-        tools=tools, stage=STAGE,
-        cache_dir=cache, cache_pins=user_owned_ancestors(cache, uid),
+        tools=tools, stage=STAGE, cache_dir=cache, key_dir=keys, pins=(),
+        runtime_dirs=runtime_dirs(env, uid),
+        scratch_dirs=tuple(d for d in SCRATCH if os.path.isdir(d)),
+        own_paths=own_paths(uid),
     )
+    return facts  # pins: find_pins() once the private directories exist

@@ -234,36 +234,61 @@ def _mount_from_option(name: str, spelled: str, value: str) -> dict[str, Any]:
     return mount
 
 
+class Loaded:
+    """A validated profile, and where each of its keys came from (for errors found later)."""
+
+    def __init__(self, profile: Profile, path: str, locator: Locator, origin: dict[Loc, str]) -> None:
+        self.profile = profile
+        self.path = path
+        self.locator = locator
+        self.origin = origin
+
+    def where(self, loc: Loc) -> str:
+        """'file:line: dotted.key' or 'option --flag', for a problem with the key at loc."""
+        return _where(loc, self.path, self.locator, self.origin)
+
+
 def load(
     path: str | None,
     overrides: Sequence[tuple[Opt, str, str | None]] = (),
+    data: bytes | None = None,
 ) -> Profile:
     """Read, parse, override and validate. Raises ProfileError."""
+    return load_located(path, overrides, data).profile
+
+
+def load_located(
+    path: str | None,
+    overrides: Sequence[tuple[Opt, str, str | None]] = (),
+    data: bytes | None = None,
+) -> Loaded:
+    """load(), keeping what is needed to locate a key. With data, those bytes are the profile's
+    (the very bytes the plan cache key was computed from): the file is not read again."""
     raw: dict[str, Any] = {}
     text = ""
     shown = path or "(command line)"
     if path is not None:
-        raw, text = parse_toml(path, read_profile(path))
+        raw, text = parse_toml(path, read_profile(path) if data is None else data)
     origin = apply_overrides(raw, overrides)
+    locator = Locator(text)
     try:
-        return Profile.model_validate(raw)
+        profile = Profile.model_validate(raw)
     except ValidationError as e:
-        locator = Locator(text)
-        problems = [_describe(err, shown, locator, origin) for err in e.errors()]
+        problems = [f"{_where(tuple(err['loc']), shown, locator, origin)}: {_what(err, tuple(err['loc']))}"
+                    for err in e.errors()]
         raise ProfileError(problems) from None
     except RecursionError:
         raise ProfileError([f"{shown}: nesting is too deep"]) from None
+    return Loaded(profile, shown, locator, origin)
 
 
-def _describe(err: Any, path: str, locator: Locator, origin: dict[Loc, str]) -> str:
-    loc: Loc = tuple(err["loc"])
-    key = _dotted(loc)
+def _where(loc: Loc, path: str, locator: Locator, origin: dict[Loc, str]) -> str:
     for end in range(len(loc), 0, -1):
         if loc[:end] in origin:
-            return f"option {origin[loc[:end]]}: {_what(err, loc)}"
+            return f"option {origin[loc[:end]]}"
     line = locator.line(loc)
     where = f"{path}:{line}" if line else path
-    return f"{where}: {key or '(top level)'}: {_what(err, loc)}"
+    return f"{where}: {_dotted(loc) or '(top level)'}"
 
 
 def _dotted(loc: Loc) -> str:

@@ -65,7 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "rootfs": (
         "import a root filesystem tarball into a directory, safely and as you",
-        "sandboxer rootfs import [--sha256 HEX] TARBALL DIR",
+        "sandboxer rootfs import [--sha256 HEX] [--max-size SIZE] TARBALL DIR",
     ),
 }
 
@@ -80,6 +80,8 @@ OPTIONS: tuple[Opt, ...] = (
         help="HOME: 'host' (your real home) or 'tmpfs' (empty, throwaway, size-limited)"),
     Opt("home-size", kind="value", key="home.size", metavar="SIZE",
         help="size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)"),
+    Opt("tmp-size", kind="value", key="tmp.size", metavar="SIZE",
+        help="size limit of the private /tmp and /var/tmp, in bytes or with a k/M/G suffix (default 512M)"),
     Opt("net", kind="choice", key="network.mode", metavar="MODE",
         choices=("host", "none", "slirp4netns"), complete="choices",
         help="network: 'host' (no network namespace), 'none' (own namespace with only lo) or "
@@ -116,11 +118,18 @@ OPTIONS: tuple[Opt, ...] = (
         help="keep this variable of the caller's environment (NAME* keeps a prefix); repeatable"),
     Opt("cwd", kind="value", key="command.cwd", metavar="DIR", complete="dir",
         help="working directory inside (default: your cwd when visible inside, else HOME)"),
+    Opt("accept-exposure", kind="append", key="security.accept_exposures", metavar="EXPOSURE",
+        choices=("abstract-sockets", "signals"), complete="choices",
+        help="run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this "
+             "exposure: 'abstract-sockets' (host network) or 'signals' (no PID namespace); repeatable"),
     Opt("shell", kind="flag", scopes=("explain",),
         help="print the plan as a shell script a person can read and run"),
     Opt("json", kind="flag", scopes=("explain",), help="print the plan as JSON"),
     Opt("sha256", kind="value", metavar="HEX", scopes=("rootfs",),
         help="the tarball's expected SHA-256 (64 hex digits); checked before anything is unpacked"),
+    Opt("max-size", kind="value", metavar="SIZE", scopes=("rootfs",),
+        help="write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free "
+             "space of DIR's filesystem"),
     Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs"),
         help="show Python tracebacks and the chain being run"),
     Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs"), help="show this help and exit"),

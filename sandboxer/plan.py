@@ -12,7 +12,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
+# Landlock scopes the stage must apply or fail (stage.c: the bits of its "landlock" field)
+LANDLOCK_SCOPES = {"abstract-sockets": 1, "signals": 2}
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
@@ -23,7 +25,8 @@ LC_NAMES = (
     "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
 )
 
-MountKind = Literal["pin", "hide", "tmpfs", "bind", "proc", "procbind", "dev"]
+MountKind = Literal["pin", "hide", "protect", "readonly-root", "sysfs", "tmpfs", "bind", "proc",
+                    "procbind", "dev"]
 # what the stage puts in a minimal /dev: host devices bound onto files, and links
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -67,6 +70,13 @@ class MountOp:
             text = f"pin {self.target} (bind it onto itself{create})"
         elif self.kind == "hide":
             text = f"hide {self.target} (empty read-only tmpfs)"
+        elif self.kind == "protect":
+            text = f"read-only bind {self.target} onto itself"
+        elif self.kind == "readonly-root":
+            text = ("take every bind source below from the host's tree as it is now (open_tree), then "
+                    "make the whole tree read-only (mount_setattr, recursive; /proc stays writable)")
+        elif self.kind == "sysfs":
+            text = f"mount a fresh sysfs on {self.target} (ro,nosuid,nodev,noexec)"
         elif self.kind == "tmpfs":
             text = f"mount tmpfs on {self.target} ({self.options()}{create})"
         else:
@@ -74,21 +84,35 @@ class MountOp:
             text = f"{what} {self.source} on {self.target}{create}"
         return f"{text}: {self.why}" if self.why else text
 
-    def shell(self, root: bool = False) -> list[str]:
+    def shell(self, root: bool = False, source: str = "") -> list[str]:
+        """Shell lines for this mount; source: a shell word naming the bind's source instead of
+        its path (an fd opened before anything covered the path)."""
         q = shlex.quote
         lines = []
         target = q(self.target)
+        source = source or q(self.source)
         if root:
             target = '"$root"' + q(self.target)
         if self.create:
-            if self.kind == "bind" and root:
-                lines.append(f"[ -e {target} ] || {{ if [ -d {q(self.source)} ]; then mkdir -p -- {target}; "
+            if self.kind == "bind":
+                lines.append(f"[ -e {target} ] || {{ if [ -d {source} ]; then mkdir -p -- {target}; "
                              f"else mkdir -p -- \"$(dirname -- {target})\"; touch -- {target}; fi; }}")
             else:
                 lines.append(f"[ -e {target} ] || mkdir -p -- {target}")
         if self.kind == "proc":
             lines.append(f"mount -t proc -o nosuid,nodev,noexec proc {target}")
             return lines
+        if self.kind == "sysfs":
+            lines.append(f"mount -t sysfs -o ro,nosuid,nodev,noexec -- sysfs {target}")
+            return lines
+        if self.kind == "readonly-root":
+            return [
+                "# every mount read-only (sandboxer: one recursive mount_setattr); /proc stays writable",
+                "awk '{print $5}' /proc/self/mountinfo | while read -r m; do",
+                '    m=$(printf %b "$m"); case $m in /proc|/proc/*) continue;; esac',
+                '    mount -o remount,bind,ro -- "$m" 2>/dev/null || true',
+                "done",
+            ]
         if self.kind == "procbind":
             lines.append(f"mount --rbind /proc {target}")
             return lines
@@ -102,9 +126,14 @@ class MountOp:
                       f"mount -t tmpfs -o nosuid,nodev,mode=1777,size=64m tmpfs {d}/shm"]
             lines += [f"ln -s {q(t)} {d}/{n}" for n, t in DEV_LINKS]
             return lines
-        if self.kind in ("pin", "bind"):
-            source = self.target if self.kind == "pin" else self.source
-            lines.append(f"mount --rbind -- {q(source)} {target}")
+        if self.kind in ("pin", "bind", "protect"):
+            if self.kind != "bind":
+                source = q(self.target)
+            by_fd = source.startswith('"')
+            lines.append(f"mount {'-c ' if by_fd else ''}--rbind -- {source} {target}")
+            if by_fd and not self.readonly:
+                # the fd was opened before the tree was made read-only; a bind copies that flag
+                lines.append(f"mount -o remount,bind,rw -- {target}")
             if self.readonly:
                 lines.append(f"mount -o remount,bind,ro -- {target}")
         else:
@@ -199,6 +228,22 @@ class UserMap:
 
 
 @dataclass(frozen=True)
+class Isolation:
+    """Landlock scopes the payload must get (the run fails where the kernel has none), and the
+    exposures the profile accepts instead on such kernels."""
+
+    required: tuple[str, ...]
+    accepted: tuple[str, ...]
+
+    def describe(self) -> list[str]:
+        lines = [f"payload: Landlock scope {name} (required: the kernel must have Landlock ABI 6, "
+                 "Linux 6.12+, or the run fails)" for name in self.required]
+        lines += [f"payload: Landlock scope {name} where the kernel has it (the profile accepts the "
+                  "exposure elsewhere)" for name in self.accepted]
+        return lines
+
+
+@dataclass(frozen=True)
 class EnvRule:
     """How the payload's environment is built at run time from the caller's."""
 
@@ -214,7 +259,7 @@ class EnvRule:
 
 # Placeholders in the slirp4netns argv, filled in by the supervisor at run time.
 STAGE_PID = "{stage}"  # the stage's pid as the host sees it
-API_SOCKET = "{api}"  # the API socket, in a private 0700 directory
+API_SOCKET = "/proc/{stage}/cwd/api.sock"  # in the stage's private, detached working directory
 SLIRP_READY_FD, SLIRP_EXIT_FD = 3, 4
 GUEST_ADDR, GATEWAY, NAMESERVER = "10.0.2.100", "10.0.2.2", "10.0.2.3"
 
@@ -233,12 +278,10 @@ class Forward:
         return f"{addr}:{self.host_port} -> {self.guest_port}/{self.proto}"
 
     def request(self) -> str:
-        """The API request, one JSON line (every field is validated: no quoting needed)."""
-        return (
-            f'{{"execute": "add_hostfwd", "arguments": {{"proto": "{self.proto}", '
-            f'"host_addr": "{self.host_addr}", "host_port": {int(self.host_port)}, '
-            f'"guest_port": {int(self.guest_port)}}}}}'
-        )
+        """The API request, one line of JSON (built by the encoder: no value is spliced in)."""
+        return json.dumps({"execute": "add_hostfwd", "arguments": {
+            "proto": self.proto, "host_addr": self.host_addr, "host_port": int(self.host_port),
+            "guest_port": int(self.guest_port)}})
 
 
 @dataclass(frozen=True)
@@ -262,8 +305,7 @@ class NetworkPlan:
         lines += [f"supervisor: forward {fwd.describe()} (add_hostfwd over {API_SOCKET})"
                   for fwd in self.forwards]
         if self.forwards:
-            lines.append(f"supervisor: remove {API_SOCKET} and its directory")
-        lines += [f"supervisor: warning: {w}" for w in self.warnings]
+            lines.append(f"supervisor: remove {API_SOCKET}")
         lines.append("supervisor: watch slirp4netns: if it dies, kill the sandbox (exit 125)")
         return lines
 
@@ -272,7 +314,6 @@ class NetworkPlan:
             "argv": list(self.argv),
             "forwards": [fwd.request() for fwd in self.forwards],
             "shown": [fwd.describe() for fwd in self.forwards],
-            "warnings": list(self.warnings),
         }
 
 
@@ -283,6 +324,7 @@ class Plan:
     description: str
     namespaces: tuple[str, ...]
     outer: tuple[str, ...]  # the first hop: unshare ... -- sandboxer-stage
+    guards: tuple[MountOp, ...]  # on the host's tree first: sandboxer's own state and install
     mounts: tuple[MountOp, ...]
     hostname: str
     loopback_up: bool
@@ -292,18 +334,20 @@ class Plan:
     command: tuple[str, ...]
     pid: bool
     hardening: tuple[str, ...]
-    cache_dir: str
+    isolation: Isolation
+    warnings: tuple[str, ...]  # printed on every run
     network: NetworkPlan | None = None
     rootfs: RootfsPlan | None = None
 
     # ---- renderings -------------------------------------------------------------------------
     def describe(self) -> list[str]:
         """One line per step, in the order they happen."""
-        lines = [f"supervisor: spawn {shlex.join(self.outer)}"]
+        lines = [f"supervisor: warning: {w}" for w in self.warnings]
+        lines.append(f"supervisor: spawn {shlex.join(self.outer)}")
         lines.append(f"  namespaces: {', '.join(self.namespaces)}")
         if self.pid:
             lines.append("stage: runs as PID 1: forwards signals to the payload, reaps orphans")
-        for op in self.mounts:
+        for op in (*self.guards, *self.mounts):
             lines.append(f"stage: {op.describe()}")
         if self.rootfs:
             lines += self.rootfs.describe()
@@ -317,6 +361,10 @@ class Plan:
             lines.append("stage: bring lo up in the new network namespace")
         if self.hostname:
             lines.append(f"stage: set hostname {self.hostname}")
+        if self.network and self.network.forwards:
+            lines.append("stage: make a private directory for slirp4netns's API socket: a tmpfs, "
+                         "detached and kept as the stage's working directory, so that only the "
+                         f"supervisor reaches it (as {API_SOCKET})")
         lines.append("stage: report ready; supervisor: parent-side work, then go")
         if self.network:
             lines += self.network.describe()
@@ -329,16 +377,54 @@ class Plan:
             "(a nested user namespace: every mount above is locked)"
         )
         lines.append(f"payload: {', '.join(self.hardening)}")
+        lines += self.isolation.describe()
         lines.append(f"payload: {self.env.describe()}")
         lines.append(f"payload: cd {shlex.quote(self.cwd)}; exec {shlex.join(['--', *self.command])}")
+        return lines + [f"summary: {line}" for line in self.summary()]
+
+    def summary(self) -> list[str]:
+        """What the payload can and cannot reach, in a few lines."""
+        ops = (*self.guards, *self.mounts, *(self.rootfs.mounts if self.rootfs else ()))
+        hidden = [op.target for op in ops if op.kind == "hide"]
+        hidden += [op.target for op in self.mounts if op.kind == "tmpfs" and op.why.startswith("private")]
+        lines = []
+        if self.rootfs:
+            lines.append(f"root: {self.rootfs.path} ({self.rootfs.switch}, writes {self.rootfs.writes}); "
+                         "nothing else of the host's tree but the binds below")
+        else:
+            lines.append("read-only: the host's whole tree, except what is listed as writable")
+        if hidden:
+            lines.append("hidden (empty or private in the sandbox): " + ", ".join(hidden))
+        if any(op.kind == "sysfs" for op in self.mounts):
+            lines.append("hidden: the host's network interfaces (/sys is the sandbox's own)")
+        protected = [op.target for op in self.guards if op.kind == "protect"]
+        if protected:
+            lines.append("read-only even inside writable binds: " + ", ".join(protected)
+                         + " (sandboxer's own installation)")
+        writable = [op.target for op in ops if op.kind == "tmpfs" and not op.why.startswith("private")]
+        writable += [f"{op.target} (bind of {op.source})" if op.source != op.target else op.target
+                     for op in ops if op.kind == "bind" and not op.readonly]
+        if writable:
+            lines.append("writable: " + ", ".join(writable))
+        shared = [f"{op.source} (read-only bind)" for op in ops if op.kind == "bind" and op.readonly]
+        if "net" not in self.namespaces:
+            shared.append("the host's network (abstract unix sockets excepted: Landlock scope)")
+        if not self.pid:
+            shared.append("the host's PID namespace (signals and ptrace outside refused: Landlock)")
+        if shared:
+            lines.append("shared with the host: " + ", ".join(shared))
+        if self.isolation.accepted:
+            lines.append("accepted exposures, on kernels without Landlock ABI 6: "
+                         + ", ".join(self.isolation.accepted))
         return lines
 
     def shell(self) -> str:
         """The same chain as a POSIX shell script a person can read and run."""
         q = shlex.quote
         body = ["set -eu"]
-        for op in self.mounts:
+        for op in self.guards:
             body += [f"# {op.describe()}", *op.shell()]
+        body += self._mounts_shell()
         if self.network:
             body += self._network_stage_shell()
         if self.loopback_up:
@@ -404,6 +490,35 @@ class Plan:
             + shlex.join(self.command)
         )
         return "\n".join(head) + "\n"
+
+    def _mounts_shell(self) -> list[str]:
+        """The mounts; bind sources are opened first (fds 3-9; the rest, and sockets, by path),
+        so that each shows the host's directory even where an earlier mount covers its path."""
+        q = shlex.quote
+        lines: list[str] = []
+        sources: dict[int, str] = {}
+        free = iter(range(3, 10))
+        for index, op in enumerate(self.mounts):
+            if op.kind == "readonly-root":
+                for later, bind in enumerate(self.mounts[index + 1:], index + 1):
+                    if bind.kind != "bind":
+                        continue
+                    fd = next(free, None)
+                    if fd is None:
+                        lines.append("# (more binds than fds 3-9: the rest are bound by path)")
+                        break
+                    var = f"src{fd}"
+                    lines.append(f'{var}={q(bind.source)}; [ -S "${var}" ] || '
+                                 f'{{ exec {fd}<"${var}"; {var}=/proc/self/fd/{fd}; }}')
+                    sources[later] = var
+            lines.append(f"# {op.describe()}")
+            if index in sources:
+                lines += op.shell(source=f'"${sources[index]}"')
+            else:
+                lines += op.shell()
+        if sources:
+            lines.append("exec " + " ".join(f"{var[3:]}<&-" for var in sources.values()))
+        return lines
 
     def _network_stage_shell(self) -> list[str]:
         assert self.network is not None
@@ -478,7 +593,7 @@ class Plan:
             "v": RECIPE_VERSION,
             "outer": list(self.outer),
             "pid": self.pid,
-            "mounts": [op.recipe() for op in self.mounts],
+            "mounts": [op.recipe() for op in (*self.guards, *self.mounts)],
             "hostname": self.hostname,
             "lo": self.loopback_up,
             "inner": (self.inner.inside_uid, self.inner.inside_gid),
@@ -488,7 +603,9 @@ class Plan:
             "fixed": list(self.env.fixed),
             "path": self.env.default_path,
             "command": list(self.command),
-            "cache_dir": self.cache_dir,
+            "landlock": sum(bit for name, bit in LANDLOCK_SCOPES.items() if name in self.isolation.required),
+            "apidir": bool(self.network and self.network.forwards),
+            "warnings": list(self.warnings),
             "net": self.network.recipe() if self.network else None,
             "netfiles": (self.network.resolv_conf, self.network.hosts) if self.network else None,
             "rootfs": self.rootfs.recipe() if self.rootfs else None,

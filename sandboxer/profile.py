@@ -109,6 +109,13 @@ class Forward(_Section):
         return _ip(value)
 
 
+class Tmp(_Section):
+    """[tmp]: the sandbox's own /tmp and /var/tmp (the host's are never shared)."""
+
+    size: Size = Field(512 * MIB, description="size limit of the private tmpfs on /tmp and on /var/tmp "
+                       "(1M to 64G)")
+
+
 class Network(_Section):
     """[network]: what network the command sees."""
 
@@ -233,6 +240,25 @@ class Mount(_Section):
         return self
 
 
+Exposure = Literal["abstract-sockets", "signals"]
+
+
+class Security(_Section):
+    """[security]: exposures a profile accepts where the kernel cannot close them.
+
+    A payload is kept from the host's abstract unix sockets (with the host network) and from
+    signalling or tracing your other processes (without a PID namespace) by Landlock's scoping,
+    which needs Linux 6.12 or newer (Landlock ABI 6). On older kernels such a sandbox does not
+    start, unless its profile names the exposure here."""
+
+    accept_exposures: list[Exposure] = Field(
+        default_factory=list,
+        description="'abstract-sockets': with the host network, the host's abstract unix sockets "
+        "(X11's @/tmp/.X11-unix/X0, say) stay reachable on kernels without Landlock ABI 6; "
+        "'signals': without a PID namespace, your other processes can be signalled on such kernels",
+    )
+
+
 class Rootfs(_Section):
     """[rootfs]: run inside another root filesystem (a directory tree such as a minirootfs)."""
 
@@ -257,9 +283,11 @@ class Profile(_Section):
     description: Text = Field("", description="one line saying what the profile is for")
     user: User = User()
     home: Home = Home()
+    tmp: Tmp = Tmp()
     network: Network = Network()
     namespaces: Namespaces = Namespaces()
     command: Command = Command()
     env: Env = Env()
     mounts: list[Mount] = Field(default_factory=list, max_length=256)
     rootfs: Rootfs = Rootfs()
+    security: Security = Security()

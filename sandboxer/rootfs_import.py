@@ -57,9 +57,23 @@ class _Skip(Exception):
     """This member is refused; the message says why."""
 
 
+class TooLarge(Exception):
+    """The archive unpacks to more than the import may write."""
+
+
+def _human(size: int) -> str:
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f}{unit}"
+    return f"{size} bytes"
+
+
 class _Importer:
-    def __init__(self, root_fd: int) -> None:
+    def __init__(self, root_fd: int, limit: int, limit_why: str) -> None:
         self.root_fd = root_fd
+        self.limit = limit
+        self.limit_why = limit_why
+        self.written = 0
         self.entries = 0
         self.unsafe = 0
         self.special = 0
@@ -141,21 +155,40 @@ class _Importer:
 
     def regular(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: int, name: str,
                 parts: tuple[str, ...]) -> None:
+        """A file; a sparse member (GNU or PAX sparse) stays sparse: only its data blocks are
+        written, each at its offset, and the holes stay holes."""
+        # (offset, size) of each data block; typeshed does not know TarInfo.sparse's shape
+        sparse: list[tuple[int, int]] | None = getattr(member, "sparse", None)
+        blocks = sparse if sparse is not None else [(0, member.size)]
+        self.charge(sum(size for _offset, size in blocks), member.name)
         self.clear_slot(parent, name, for_dir=False)
         source = tar.extractfile(member)
         assert source is not None
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         try:
-            while chunk := source.read(_CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+            for offset, size in blocks:
+                source.seek(offset)
+                left = size
+                while left > 0 and (chunk := source.read(min(_CHUNK, left))):
+                    done = 0
+                    while done < len(chunk):
+                        done += os.pwrite(fd, chunk[done:], offset + done)
+                    offset += len(chunk)
+                    left -= len(chunk)
+            os.ftruncate(fd, member.size)
             os.fchmod(fd, member.mode & _KEEP_MODE)
             os.utime(fd, (member.mtime, member.mtime))
         finally:
             os.close(fd)
         self.made.add(parts)
+
+    def charge(self, size: int, what: str) -> None:
+        """Count size bytes about to be written; refuse them beyond the import's limit."""
+        if self.written + size > self.limit:
+            raise TooLarge(f"unpacking {what!r} would write more than {_human(self.limit)} "
+                           f"({self.limit_why})")
+        self.written += size
 
     def hardlink(self, parent: int, name: str, parts: tuple[str, ...], linkname: str) -> None:
         target = normalise(linkname)
@@ -307,7 +340,8 @@ def _undo(directory: str, created: list[str], root_fd: int | None) -> None:
             pass
 
 
-def import_tarball(tarball: str, directory: str, *, sha256: str | None = None) -> str:
+def import_tarball(tarball: str, directory: str, *, sha256: str | None = None,
+                   max_size: int | None = None) -> str:
     """Unpack `tarball` into `directory`; return the one-line summary. Raises SandboxerError."""
     expected = _check_hex(sha256) if sha256 is not None else None
     to_create = _prepare_dir(directory)
@@ -319,10 +353,11 @@ def import_tarball(tarball: str, directory: str, *, sha256: str | None = None) -
         except _decoder_errors() + (OSError,):
             raise SandboxerError(f"{tarball} is not a tar archive (plain, gzip, xz or bzip2)") from None
         with tar:
-            return _unpack(tar, tarball, directory, to_create)
+            return _unpack(tar, tarball, directory, to_create, max_size)
 
 
-def _unpack(tar: tarfile.TarFile, tarball: str, directory: str, to_create: list[str]) -> str:
+def _unpack(tar: tarfile.TarFile, tarball: str, directory: str, to_create: list[str],
+            max_size: int | None) -> str:
     root_fd: int | None = None
     created: list[str] = []
     try:
@@ -336,7 +371,14 @@ def _unpack(tar: tarfile.TarFile, tarball: str, directory: str, to_create: list[
             root_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SandboxerError(f"cannot open {directory}: {e.strerror}") from None
-        importer = _Importer(root_fd)
+        if max_size is None:
+            # well under the free space: a hostile archive (a sparse member of 21 GB, say) must
+            # not fill the disk before the import notices
+            st = os.fstatvfs(root_fd)
+            limit, why = st.f_bavail * st.f_frsize // 2, "half the free space of its filesystem"
+        else:
+            limit, why = max_size, "--max-size"
+        importer = _Importer(root_fd, limit, why)
         try:
             for member in tar:
                 parts = normalise(member.name)
@@ -352,6 +394,9 @@ def _unpack(tar: tarfile.TarFile, tarball: str, directory: str, to_create: list[
                     importer.unsafe += 1
                     _warn(f"skipped {member.name!r}: {e}")
             importer.finish()
+        except TooLarge as e:
+            raise SandboxerError(f"{tarball}: {e}; nothing was left behind",
+                                 "if the disk has the room, raise the limit with --max-size SIZE") from None
         except _decoder_errors() as e:
             raise SandboxerError(f"{tarball}: corrupt or truncated archive: {_one_line(e)}",
                                  "nothing was left behind; check the download") from None

@@ -17,39 +17,7 @@ from .errors import SandboxerError
 READY_TIMEOUT = 5.0  # slirp4netns is ready ~4 ms after it starts
 API_TIMEOUT = 5.0  # per API request
 STOP_TIMEOUT = 2.0  # from closing --exit-fd to slirp4netns's exit
-SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
 READY_FD, EXIT_FD = 3, 4
-
-
-def _private_dir() -> str:
-    """A fresh 0700 directory for the API socket, short enough for sun_path.
-
-    (What tempfile.mkdtemp does, without its ~5 ms of imports on every networked run.)
-    """
-    bases = []
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime.startswith("/"):
-        try:
-            st = os.stat(runtime)
-            if st.st_uid == os.getuid() and not st.st_mode & 0o077:
-                bases.append(runtime)
-        except OSError:
-            pass
-    bases.append("/tmp")
-    for base in bases:
-        if len(os.path.join(base, "sandboxer-net-" + "x" * 12, "api.sock").encode()) > SUN_PATH_MAX:
-            continue
-        for _attempt in range(10):
-            path = os.path.join(base, f"sandboxer-net-{os.urandom(6).hex()}")
-            try:
-                os.mkdir(path, 0o700)  # fails if the name exists: never someone else's directory
-                return path
-            except FileExistsError:
-                continue
-            except OSError:
-                break
-    raise SandboxerError("network helper: cannot create a private directory for its API socket",
-                         "check that /tmp is writable")
 
 
 def _status_text(wstatus: int) -> str:
@@ -71,7 +39,6 @@ class Slirp:
         self.pidfd = -1
         self.exit_w = -1
         self.log = -1
-        self.dir = ""
         self.api = ""
 
     # ---- start -----------------------------------------------------------------------------
@@ -79,14 +46,9 @@ class Slirp:
         forwards = self.spec["forwards"]
         assert isinstance(forwards, list)
         if forwards:
-            self.dir = _private_dir()
-            self.api = os.path.join(self.dir, "api.sock")
-        argv = [
-            w.replace("{stage}", str(self.stage_pid)).replace("{api}", self.api)
-            for w in self.spec["argv"]  # type: ignore[attr-defined]
-        ]
-        for warning in self.spec["warnings"]:  # type: ignore[attr-defined]
-            print(f"sandboxer: warning: {warning}", file=sys.stderr)
+            # the stage's private, detached directory: see private_api_dir() in stage.c
+            self.api = f"/proc/{self.stage_pid}/cwd/api.sock"
+        argv = [w.replace("{stage}", str(self.stage_pid)) for w in self.spec["argv"]]  # type: ignore[attr-defined]
         if self.debug:
             import shlex
 
@@ -112,7 +74,7 @@ class Slirp:
             os.close(ready_r)
         for request, shown in zip(forwards, self.spec["shown"], strict=True):  # type: ignore[call-overload]
             self._forward(request, shown)
-        self._remove_dir()  # the socket is not needed any more: nothing can reach it from inside
+        self._remove_socket()  # not needed any more (and nothing but us could reach it anyway)
 
     def said(self) -> str:
         """The last line slirp4netns wrote, for error messages."""
@@ -210,18 +172,13 @@ class Slirp:
         text = f"slirp4netns {_status_text(status)}" if status is not None else "slirp4netns ended"
         return SandboxerError("network helper died", f"{text}; the sandbox was stopped")
 
-    def _remove_dir(self) -> None:
+    def _remove_socket(self) -> None:
         if self.api:
             try:
                 os.unlink(self.api)
             except OSError:
                 pass
-        if self.dir:
-            try:
-                os.rmdir(self.dir)
-            except OSError:
-                pass
-        self.dir = self.api = ""
+        self.api = ""
 
     def stop(self) -> None:
         """Always safe: stop slirp4netns (close --exit-fd, then SIGKILL), remove the socket."""
@@ -238,4 +195,4 @@ class Slirp:
                 except OSError:
                     pass
         self.pidfd = self.log = -1
-        self._remove_dir()
+        self._remove_socket()

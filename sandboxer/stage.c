@@ -45,11 +45,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
-#define CONFIG_MAGIC "sandboxer-stage 1"
+#define CONFIG_MAGIC "sandboxer-stage 2"
 #define GO_TIMEOUT_MS 60000
 #define CONFIG_MAX (16 << 20)
 
@@ -59,10 +60,30 @@ enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_restrict_self 446
+#endif
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
+#define SBX_OPEN_TREE_CLONE 1
+#define SBX_MOVE_MOUNT_F_EMPTY_PATH 0x4
 #define SBX_MOUNT_ATTR_RDONLY 0x1
+/* Landlock (linux/landlock.h; Debian 12's headers predate ABI 6) */
+#define LL_CREATE_RULESET_VERSION 1U
+#define LL_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
+#define LL_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
+#define LL_SCOPE_SIGNAL (1ULL << 1)
+#define LL_SCOPES_ABI 6
+/* the bits of the config's landlock field: scopes that must be applied or the run fails */
+enum { NEED_ABSTRACT = 1, NEED_SIGNAL = 2 };
 #define KEYCTL_JOIN_SESSION_KEYRING 1
 #define CAP_SYS_CHROOT 18
 #define TIOCLINUX_REQ 0x541C
@@ -71,6 +92,10 @@ enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
 
 struct sbx_mount_attr {
 	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+struct ll_ruleset_attr {
+	uint64_t handled_access_fs, handled_access_net, scoped;
 };
 
 /* For each ABI the kernel accepts on this machine: its audit arch, ioctl's syscall number
@@ -107,10 +132,11 @@ static const char *const DEV_LINKS[][2] = {
 struct mount_op {
 	const char *kind, *source, *target, *size, *mode;
 	int readonly, create;
+	int tree; /* a bind: its source, cloned (open_tree) before anything covered it; else -1 */
 };
 
 struct config {
-	int pid, tty, lo, inner_uid, inner_gid;
+	int pid, tty, lo, inner_uid, inner_gid, landlock, apidir;
 	long ppid;
 	const char *hostname, *cwd, *resolv, *hosts; /* resolv == NULL: no network files */
 	struct mount_op *mounts;
@@ -146,15 +172,25 @@ static void status(const char *fmt, ...)
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
 {
-	char msg[3000];
+	char msg[3000], shown[3000];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	for (char *p = msg; *p; p++)
-		if (*p == '\n')
-			*p = ' ';
-	status("E%s\n", msg);
+	/* one line: control characters (a newline in a path) as escapes, as Python's repr shows them */
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)msg; *p && n + 5 < sizeof shown; p++) {
+		if (*p == '\n' || *p == '\t' || *p == '\r') {
+			shown[n++] = '\\';
+			shown[n++] = *p == '\n' ? 'n' : *p == '\t' ? 't' : 'r';
+		} else if (*p < 0x20 || *p == 0x7f) {
+			n += (size_t)snprintf(shown + n, sizeof shown - n, "\\x%02x", *p);
+		} else {
+			shown[n++] = (char)*p;
+		}
+	}
+	shown[n] = '\0';
+	status("E%s\n", shown);
 	_exit(125);
 }
 
@@ -238,6 +274,7 @@ static struct mount_op *mount_ops(size_t *n)
 		ops[i].size = field();
 		ops[i].mode = field();
 		ops[i].create = (int)number();
+		ops[i].tree = -1;
 	}
 	return ops;
 }
@@ -280,6 +317,8 @@ static void read_config(void)
 	cfg.pid = (int)number();
 	cfg.ppid = number();
 	cfg.tty = (int)number();
+	cfg.landlock = (int)number();
+	cfg.apidir = (int)number();
 	cfg.hostname = field();
 	cfg.lo = (int)number();
 	if (number()) {
@@ -451,10 +490,61 @@ static int source_is_dir(const char *source)
 	die("bind source %s: %s", source, strerror(errno));
 }
 
-static void apply_mount(const struct mount_op *op)
+/* Mount a bind's source, cloned earlier (clone_sources), on its target. */
+static void move_tree(const struct mount_op *op)
 {
-	if (!strcmp(op->kind, "pin") || !strcmp(op->kind, "bind")) {
-		const char *src = !strcmp(op->kind, "pin") ? op->target : op->source;
+	struct stat st;
+	CHECK(fstat(op->tree, &st), "bind source %s", op->source);
+	if (op->create)
+		create_target(op->target, S_ISDIR(st.st_mode));
+	else if (!lexists(op->target))
+		die("mount target %s does not exist; create it, or mount it under a tmpfs", op->target);
+	CHECK(syscall(SYS_move_mount, op->tree, "", AT_FDCWD, op->target, SBX_MOVE_MOUNT_F_EMPTY_PATH),
+	      "cannot bind %s on %s", op->source, op->target);
+	close(op->tree);
+	if (op->readonly)
+		make_readonly(op->target);
+}
+
+/* Clone the source of every bind after ops[from] (open_tree: a detached copy of the mount tree
+ * at the source, submounts included), while the host's tree is still as the user sees it:
+ * later mounts (a tmpfs HOME over ~/project, a private /tmp) cover paths, not these copies.
+ * The copies keep their own flags: a writable source stays writable after the whole tree is
+ * made read-only, and mounts made by the guards before (hides, read-only binds of sandboxer's
+ * install) come along, so a bind of an ancestor cannot expose what they cover. */
+static void clone_sources(struct mount_op *ops, size_t n, size_t from)
+{
+	for (size_t i = from; i < n; i++) {
+		if (strcmp(ops[i].kind, "bind"))
+			continue;
+		source_is_dir(ops[i].source); /* the usual error for a missing source */
+		ops[i].tree = (int)syscall(SYS_open_tree, AT_FDCWD, ops[i].source,
+					   SBX_OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC);
+		CHECK(ops[i].tree, "cannot take the bind source %s", ops[i].source);
+	}
+}
+
+/* Everything mounted so far read-only, recursively, but /proc: the stage writes the payload's
+ * uid_map there, and proc's files check their own permissions. Mounts the host has read-only
+ * were copied locked read-only into this namespace; the ones made read-only here cannot be made
+ * writable again by the payload, whose user namespace owns no mount namespace. */
+static void readonly_host(void)
+{
+	set_readonly(AT_FDCWD, "/", AT_RECURSIVE, "cannot make the host's tree read-only");
+	struct sbx_mount_attr attr = {0, SBX_MOUNT_ATTR_RDONLY, 0, 0};
+	CHECK(syscall(SYS_mount_setattr, AT_FDCWD, "/proc", 0, &attr, sizeof attr),
+	      "cannot keep /proc writable");
+}
+
+static void apply_mount(struct mount_op *ops, size_t n, size_t i)
+{
+	const struct mount_op *op = &ops[i];
+	if (!strcmp(op->kind, "bind") && op->tree >= 0) {
+		move_tree(op);
+		return;
+	}
+	if (!strcmp(op->kind, "pin") || !strcmp(op->kind, "protect") || !strcmp(op->kind, "bind")) {
+		const char *src = !strcmp(op->kind, "bind") ? op->source : op->target;
 		int dir = source_is_dir(src);
 		if (op->create)
 			create_target(op->target, dir);
@@ -466,6 +556,19 @@ static void apply_mount(const struct mount_op *op)
 			make_readonly(op->target);
 		return;
 	}
+	if (!strcmp(op->kind, "readonly-root")) {
+		clone_sources(ops, n, i + 1);
+		readonly_host();
+		return;
+	}
+	if (!strcmp(op->kind, "sysfs")) {
+		/* A sysfs mounted in this network namespace lists only its own interfaces. */
+		CHECK(mount("sysfs", op->target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL),
+		      "cannot mount a sysfs on %s", op->target);
+		return;
+	}
+	if (strcmp(op->kind, "tmpfs") && strcmp(op->kind, "hide"))
+		die("unknown mount kind %s (sandboxer bug: reinstall sandboxer)", op->kind);
 	if (op->create)
 		create_target(op->target, 1);
 	else if (!is_dir(op->target))
@@ -570,6 +673,24 @@ static void persistent_tap(const char *name)
 	CHECK(ioctl(fd, TUNSETIFF, &ifr), "cannot create %s", name);
 	CHECK(ioctl(fd, TUNSETPERSIST, 1UL), "cannot make %s persistent", name);
 	close(fd);
+}
+
+/* A private directory for the network helper's API socket, reachable by no payload.
+ *
+ * A tmpfs mounted for a moment, made the stage's working directory, then detached: it has no
+ * path any more, in any mount namespace. The supervisor (and the helper it starts) reach it as
+ * /proc/<stage>/cwd, which needs ptrace rights over the stage: they hold them (they own its user
+ * namespace); a payload, in a nested user namespace and a Landlock domain, does not, nor does
+ * any other sandbox. It vanishes with the stage, whatever way the sandbox ends. */
+static void private_api_dir(void)
+{
+	const char *scratch = scratch_dir();
+	if (!scratch)
+		die("no scratch directory (/tmp, /run, /mnt) for the network helper's API socket");
+	CHECK(mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=0700"),
+	      "cannot mount a tmpfs on %s", scratch);
+	CHECK(chdir(scratch), "cannot change into %s", scratch);
+	CHECK(umount2(scratch, MNT_DETACH), "cannot detach the tmpfs on %s", scratch);
 }
 
 static void loopback_up(void)
@@ -740,7 +861,7 @@ static int setup_rootfs(void)
 			char *data = fmt("size=%s,mode=%s", op->size, op->mode);
 			mount_in(rootfd, op->target, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data);
 			free(data);
-		} else {
+		} else if (!strcmp(op->kind, "bind")) {
 			mount_in(rootfd, op->target, source_is_dir(op->source) ? 'd' : 'f', op->source, NULL,
 				 MS_BIND | MS_REC, NULL);
 			if (op->readonly) {
@@ -750,6 +871,8 @@ static int setup_rootfs(void)
 					     fmt("cannot make %s read-only", op->target));
 				close(fd);
 			}
+		} else {
+			die("unknown rootfs mount kind %s (sandboxer bug: reinstall sandboxer)", op->kind);
 		}
 	}
 	if (strcmp(cfg.rootfs_switch, "pivot_root"))
@@ -845,6 +968,52 @@ static void install_seccomp(void)
 	CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0), "cannot install the seccomp filter");
 }
 
+/* Why a required Landlock scope is missing, and what to do about it; exit 125. */
+static void no_scope(long abi, int err) __attribute__((noreturn));
+static void no_scope(long abi, int err)
+{
+	char kernel[128] = "this kernel";
+	struct utsname u;
+	if (uname(&u) == 0)
+		snprintf(kernel, sizeof kernel, "this kernel (Linux %.64s)", u.release);
+	const char *what = cfg.landlock & NEED_ABSTRACT
+		? "abstract unix sockets outside the sandbox (the host network is shared)"
+		: "signals and ptrace to your processes outside the sandbox (no PID namespace)";
+	const char *fix = cfg.landlock & NEED_ABSTRACT
+		? "give the sandbox its own network (--net none or slirp4netns), or accept the exposure "
+		  "with --accept-exposure abstract-sockets"
+		: "use a PID namespace (--pid), or accept the exposure with --accept-exposure signals";
+	if (abi < 1)
+		die("%s has no Landlock (%s), so it cannot keep the payload from %s; use Linux 6.12 or newer "
+		    "with Landlock enabled (lsm=...,landlock), %s", kernel, strerror(err), what, fix);
+	die("%s has Landlock ABI %ld, so it cannot keep the payload from %s (that needs ABI %d: "
+	    "Linux 6.12 or newer); upgrade the kernel, %s", kernel, abi, what, LL_SCOPES_ABI, fix);
+}
+
+/* A Landlock domain for the payload. Any domain keeps it from ptrace-ing processes outside it
+ * (same-uid processes of the caller included: their memory, their environment); ABI 6 scopes
+ * also refuse it abstract unix sockets and signals of processes outside the domain. Abstract
+ * sockets belong to a network namespace and signals reach what the PID namespace shows, so the
+ * plan marks a scope as required (NEED_*) only where no namespace does that already. */
+static void enter_landlock(void)
+{
+	long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
+	int err = errno;
+	if (abi < LL_SCOPES_ABI && cfg.landlock)
+		no_scope(abi, err);
+	if (abi < 1)
+		return;
+	/* Some access right must be handled; block devices can never be made in a user namespace
+	 * anyway, so handling (denying) that one takes nothing from the payload. */
+	struct ll_ruleset_attr attr = {LL_ACCESS_FS_MAKE_BLOCK, 0, 0};
+	if (abi >= LL_SCOPES_ABI)
+		attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL;
+	int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+	CHECK(fd, "cannot create a Landlock ruleset");
+	CHECK(syscall(SYS_landlock_restrict_self, fd, 0), "cannot enter a Landlock domain");
+	close(fd);
+}
+
 static void write_proc_self(const char *name, const char *text)
 {
 	char path[64];
@@ -880,6 +1049,10 @@ static void exec_payload(void)
 {
 	const char *name = cfg.argv[0];
 	char denied[2048] = "";
+	if (!name[0]) {
+		status("N127 command not found: the command name is empty\n");
+		_exit(127);
+	}
 	if (strchr(name, '/')) {
 		execve(name, cfg.argv, cfg.envp);
 		if (errno != ENOENT && errno != ENOTDIR)
@@ -943,6 +1116,7 @@ static void payload_child(int rootfd)
 		CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0), "cannot drop CAP_SYS_CHROOT");
 	CHECK(chdir(cfg.cwd), "cannot change to the working directory %s", cfg.cwd);
 	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs");
+	enter_landlock(); /* unprivileged: needs no_new_privs */
 	install_seccomp();
 	/* Only fds 0-2 reach the payload; the status pipe is close-on-exec and stays for errors. */
 	close(CONFIG_FD);
@@ -1069,7 +1243,7 @@ int main(void)
 	if (!ABIS[0].arch)
 		die("no TIOCSTI filter for this architecture; refusing to run");
 	for (size_t i = 0; i < cfg.nmounts; i++)
-		apply_mount(&cfg.mounts[i]);
+		apply_mount(cfg.mounts, cfg.nmounts, i);
 	if (cfg.resolv)
 		persistent_tap("tap0"); /* before a rootfs switch: the tree's /dev has no net/tun */
 	int rootfd = cfg.rootfs_dir ? setup_rootfs() : -1;
@@ -1081,6 +1255,8 @@ int main(void)
 		loopback_up();
 	if (cfg.hostname[0])
 		CHECK(sethostname(cfg.hostname, strlen(cfg.hostname)), "cannot set the hostname");
+	if (cfg.apidir)
+		private_api_dir();
 	status("R");
 
 	struct pollfd pfd = {CONTROL_FD, POLLIN, 0};

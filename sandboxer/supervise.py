@@ -17,7 +17,7 @@ import select
 import sys
 
 from . import children
-from .errors import EXIT_FAILURE, SandboxerError
+from .errors import EXIT_FAILURE, SandboxerError, printable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take millis
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-STAGE_MAGIC = "sandboxer-stage 1"  # must match CONFIG_MAGIC in stage.c
+STAGE_MAGIC = "sandboxer-stage 2"  # must match CONFIG_MAGIC in stage.c
 
 
 def stage_config(recipe: dict[str, object], *, tty: bool, env: dict[str, str], argv: list[str],
@@ -37,8 +37,8 @@ def stage_config(recipe: dict[str, object], *, tty: bool, env: dict[str, str], a
     Values come from the plan and the caller, never from a shell; a NUL in one cannot shift
     the fields (it is refused here).
     """
-    fields: list[object] = [STAGE_MAGIC, int(bool(recipe["pid"])), ppid, int(tty), recipe["hostname"],
-                            int(bool(recipe["lo"]))]
+    fields: list[object] = [STAGE_MAGIC, int(bool(recipe["pid"])), ppid, int(tty), int(recipe["landlock"]),  # type: ignore[call-overload]
+                            int(bool(recipe["apidir"])), recipe["hostname"], int(bool(recipe["lo"]))]
     netfiles = recipe["netfiles"]
     fields += [1, *netfiles] if netfiles else [0]  # type: ignore[misc]
     fields += [*recipe["inner"], recipe["cwd"]]  # type: ignore[misc]
@@ -242,6 +242,8 @@ class Supervisor:
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> int:
+        for warning in self.recipe["warnings"]:  # type: ignore[attr-defined]
+            print(f"sandboxer: warning: {printable(warning)}", file=sys.stderr)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)

@@ -22,6 +22,11 @@ MARKER = "ID=sbx-busybox-marker"
 
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
+    return busybox_tree(tmp_path)
+
+
+def busybox_tree(tmp_path: Path) -> Path:
+    """tmp_path/rootfs: busybox-static and a few applets in /bin, an os-release marker."""
     if not os.path.exists(BUSYBOX):
         if REQUIRE:
             pytest.fail("busybox-static is required (apt install busybox-static)")

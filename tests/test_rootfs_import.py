@@ -286,3 +286,60 @@ def test_busybox_tree(tmp_path: Path, home: Path) -> None:
     assert os.access(dest / "bin/busybox", os.X_OK)
     ran = subprocess.run([str(dest / "bin/sh"), "-c", "echo ok"], capture_output=True, text=True, timeout=10)
     assert ran.stdout == "ok\n"
+
+
+def _sparse_tarball(tmp_path: Path, apparent: int) -> Path:
+    """A GNU sparse tarball (made by GNU tar, as an attacker would) of a file of `apparent` bytes
+    with two small islands of data: a few KiB on disk."""
+    src = tmp_path / "sparse-src"
+    src.mkdir()
+    with open(src / "hole", "wb") as f:
+        f.seek(4096)
+        f.write(b"start")
+        f.seek(apparent - 3)
+        f.write(b"end")
+    tarball = tmp_path / "sparse.tar.gz"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-C", str(src), "-czf", str(tarball), "hole"],
+                   check=True, timeout=120)
+    return tarball
+
+
+def test_a_sparse_member_stays_sparse(tmp_path: Path, home: Path) -> None:
+    # the attack: ~10 KiB of tarball that expands to 21 GB when its holes are written out
+    apparent = 21 * 10**9
+    tarball = _sparse_tarball(tmp_path, apparent)
+    assert tarball.stat().st_size < 64 * 1024
+    dest = tmp_path / "rootfs"
+    out = run_cli("import", str(tarball), str(dest), home=home)
+    assert out.returncode == 0, out.stderr
+    st = (dest / "hole").stat()
+    assert st.st_size == apparent
+    assert st.st_blocks * 512 < 1024 * 1024, "the holes were written out"
+    with open(dest / "hole", "rb") as f:
+        assert f.read(4101)[4096:] == b"start"
+        f.seek(apparent - 3)
+        assert f.read() == b"end"
+
+
+def test_an_import_stops_at_its_size_bound_and_leaves_nothing(tmp_path: Path, home: Path) -> None:
+    tarball = make_tar(tmp_path / "big.tar.gz", [member(f"d/f{i}", data=b"x" * 300_000) for i in range(8)])
+    out = run_cli("import", "--max-size", "1M", str(tarball), str(tmp_path / "new" / "rootfs"), home=home)
+    assert out.returncode == 125, out.stderr
+    assert out.stderr.count("\n") == 1 and "would write more than 1.0M (--max-size)" in out.stderr
+    assert "nothing was left behind" in out.stderr
+    assert not (tmp_path / "new").exists()
+    assert run_cli("import", "--max-size", "4M", str(tarball), str(tmp_path / "ok"), home=home).returncode == 0
+
+
+def test_the_default_bound_is_half_the_free_space(tmp_path: Path) -> None:
+    # a sparse file's data counts, its holes do not; a plain member counts its whole size
+    st = os.statvfs(tmp_path)
+    half = st.f_bavail * st.f_frsize // 2
+    info, _ = member("huge")
+    info.size = half + 1
+    tarball = tmp_path / "huge.tar"
+    with tarfile.open(tarball, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info)  # header only: the archive is truncated, but the bound comes first
+    with pytest.raises(SandboxerError, match=r"would write more than .*half the free space"):
+        import_tarball(str(tarball), str(tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()
