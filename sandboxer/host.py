@@ -202,17 +202,19 @@ def own_paths(uid: int) -> tuple[str, ...]:
     if script.startswith("/"):
         candidates.append(script)
     found: set[str] = set()
-    for path in dict.fromkeys(candidates):
-        if not path or not path.startswith("/"):
-            continue
-        try:
-            st = os.stat(path)
+    for path in {p for p in candidates if p.startswith("/")}:
+        try:  # the kernel's own resolution: cheaper than os.path.realpath's stat per component
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue
-        if st.st_uid == uid or os.access(path, os.W_OK):
-            path = os.path.realpath(path)  # only for the few kept: realpath costs a stat a component
-            if path != "/":
-                found.add(path)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            if real != "/" and (os.fstat(fd).st_uid == uid or os.access(real, os.W_OK)):
+                found.add(real)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     outermost = [p for p in found if not any(p.startswith(q + "/") for q in found)]
     return tuple(sorted(outermost))
 
