@@ -39,6 +39,6 @@ class BuildStage(build_ext):
 
 
 setup(
-    ext_modules=[Extension(STAGE_EXT, sources=["sandboxer/stage.c"])],
+    ext_modules=[Extension(STAGE_EXT, sources=["sandboxer/stage.c"], depends=["sandboxer/wire.h"])],
     cmdclass={"build_ext": BuildStage},
 )

@@ -30,7 +30,7 @@ _sandboxer_value() {  # complete the value of option $1 from the word $2
         --home) COMPREPLY=($(compgen -W "host tmpfs" -- "$2")) ;;
         --home-size) COMPREPLY=() ;;
         --tmp-size) COMPREPLY=() ;;
-        --net) COMPREPLY=($(compgen -W "host none slirp4netns" -- "$2")) ;;
+        --net) COMPREPLY=($(compgen -W "host none slirp4netns pasta" -- "$2")) ;;
         --forward) COMPREPLY=() ;;
         --hostname) COMPREPLY=() ;;
         --bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;

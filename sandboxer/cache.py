@@ -26,6 +26,10 @@ from _operator import _compare_digest
 
 from . import __version__
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .spec import Data
+
 try:  # the builtin module: hashlib's OpenSSL backend costs ~3 ms to load on every run
     from _sha256 import sha256 as _sha256
 except ImportError:  # Python 3.12+ (_sha2)
@@ -35,7 +39,7 @@ MAX_ENTRIES = 64
 MAX_PROFILE_BYTES = 1024 * 1024
 MAX_ENTRY_BYTES = 1 << 20
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-MAGIC = b"sandboxer-plan 2\n"
+MAGIC = b"sandboxer-plan 3\n"
 TAG_BYTES = 32
 KEY_BYTES = 32
 KEY_FILE = "key"
@@ -158,9 +162,9 @@ class Rejected(Exception):
     """A cache entry exists but must not be used; the message says why."""
 
 
-def load(cache_dir: str, entry: str, secret: bytes) -> dict[str, object] | None:
-    """The recipe stored under entry; None if there is none; Rejected if one is there that
-    this user's sandboxer did not write (or that was changed since)."""
+def load(cache_dir: str, entry: str, secret: bytes) -> object:
+    """The data stored under entry; None if there is none; Rejected if one is there that this
+    user's sandboxer did not write (or that was changed since)."""
     path = os.path.join(cache_dir, "plans", entry)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -186,19 +190,16 @@ def load(cache_dir: str, entry: str, secret: bytes) -> dict[str, object] | None:
     if not _compare_digest(tag, _hmac(secret, entry.encode() + b"\0" + body)):
         raise Rejected("its authentication tag does not match (changed, forged or made under another key)")
     try:
-        recipe = marshal.loads(body)
+        return marshal.loads(body)
     except (ValueError, EOFError, TypeError):
         raise Rejected("it does not decode") from None
-    if not isinstance(recipe, dict):
-        raise Rejected("it does not decode to a plan")
-    return recipe
 
 
-def store(cache_dir: str, entry: str, recipe: dict[str, object], secret: bytes) -> None:
+def store(cache_dir: str, entry: str, data: Data, secret: bytes) -> None:
     """Write atomically (private temp file + rename); failures only cost speed."""
     plans = os.path.join(cache_dir, "plans")
     tmp = os.path.join(plans, f".{entry}.{os.getpid()}")
-    body = marshal.dumps(recipe)
+    body = marshal.dumps(data)
     blob = MAGIC + _hmac(secret, entry.encode() + b"\0" + body) + body
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -14,6 +14,7 @@ from .options import Args, UsageError, help_text, parse
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .host import HostFacts
+    from .spec import RunSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +151,7 @@ def _explain(args: Args) -> int:
 
 def _run(args: Args) -> int:
     from . import cache, supervise
+    from .spec import RunSpec, SpecError
 
     facts = _host()
     profile = args.profiles[0] if args.profiles else None
@@ -157,25 +159,28 @@ def _run(args: Args) -> int:
     data = cache.read_profile_for_key(profile) if profile else b""
     secret = cache.read_key(facts.key_dir) if facts.key_dir and facts.cache_dir else None
     entry = cache.key(args.tokens, profile, data, facts.key()) if data is not None and secret else ""
-    recipe = None
+    spec = None
     if entry and secret:
+        where = os.path.join(facts.cache_dir, "plans", entry)
         try:
-            recipe = cache.load(facts.cache_dir, entry, secret)
-        except cache.Rejected as e:
-            where = os.path.join(facts.cache_dir, "plans", entry)
+            stored = cache.load(facts.cache_dir, entry, secret)
+            spec = None if stored is None else RunSpec.from_data(stored)
+        except (cache.Rejected, SpecError) as e:
             print(printable(f"sandboxer: warning: ignoring the cached plan {where}: {e}; compiling "
                             "the profile again"), file=sys.stderr)
-    if recipe is None:
-        recipe = _compile_in_child(args, facts, data, "debug" in args.flags)
+    if spec is None:
+        spec = _compile_in_child(args, facts, data, "debug" in args.flags)
         if entry and secret:
-            cache.store(facts.cache_dir, entry, recipe, secret)
-    return supervise.run(recipe, args.argv, debug="debug" in args.flags)
+            cache.store(facts.cache_dir, entry, spec.data(), secret)
+    return supervise.run(spec, args.argv, debug="debug" in args.flags)
 
 
-def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: bool) -> dict[str, object]:
+def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: bool) -> RunSpec:
     """Validate and compile in a child process, so the supervisor never carries pydantic's
     ~30 MiB while the payload runs."""
     import marshal
+
+    from .spec import RunSpec
 
     r, w = os.pipe()
     pid = os.fork()
@@ -186,7 +191,7 @@ def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: b
 
             plan = build_plan(args.profiles[0] if args.profiles else None, args.overrides, facts,
                               data=data if args.profiles else None)
-            out = b"K" + marshal.dumps(plan.recipe())
+            out = b"K" + marshal.dumps(plan.spec().data())
         except SandboxerError as e:
             out = b"E" + marshal.dumps((e.message, e.hint, e.code))
         except BaseException as e:
@@ -209,9 +214,7 @@ def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: b
     out = b"".join(chunks)
     kind, body = out[:1], out[1:]
     if kind == b"K":
-        recipe = marshal.loads(body)
-        assert isinstance(recipe, dict)
-        return recipe
+        return RunSpec.from_data(marshal.loads(body))
     if kind == b"E":
         message, hint, code = marshal.loads(body)
         raise SandboxerError(message, hint, code)

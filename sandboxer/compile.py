@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import posixpath
 
-from .errors import SandboxerError
+from .errors import ProfileKeyError, SandboxerError
 from .host import HostFacts
-from .plan import (
-    API_SOCKET,
-    DEFAULT_KEEP,
-    NAMESERVER,
-    SLIRP_EXIT_FD,
-    SLIRP_READY_FD,
-    STAGE_PID,
-    EnvRule,
-    Forward,
-    Isolation,
-    MountOp,
-    NetworkPlan,
-    Plan,
-    RootfsPlan,
-    UserMap,
-)
-from .profile import MIB, Profile
+from .netplan import plan_network
+from .plan import DEFAULT_KEEP, EnvRule, Isolation, MountOp, Plan, RootfsPlan, UserMap
+from .profile import MIB, Profile, RootSwitch, RootWrites
 
 TMPFS_DEFAULT_SIZE = 64 * MIB
 RUNTIME_SIZE = 64 * MIB
@@ -35,18 +21,6 @@ HARDENING = (
     "no capabilities outside its own user namespace",
     "Landlock domain: no ptrace of processes outside the sandbox",
 )
-SCOPES = {
-    "abstract-sockets": "Landlock scope: no connecting to abstract unix sockets made outside the sandbox",
-    "signals": "Landlock scope: no signals to processes outside the sandbox",
-}
-
-
-class ProfileKeyError(SandboxerError):
-    """A problem with one profile key that only compiling finds; build.py adds file:line."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str, hint: str = "") -> None:
-        super().__init__(message, hint)
-        self.loc = loc
 
 
 def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name is the concept
@@ -54,11 +28,11 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     unshare = host.tools.get("unshare", "")
     if not unshare:
         raise SandboxerError(
-            "unshare(1) not found in /usr/bin, /bin, /usr/sbin or /sbin",
+            "unshare(1) not found on PATH or in /usr/bin, /bin, /usr/sbin, /sbin",
             "install util-linux (apt install util-linux)",
         )
     ns = profile.namespaces
-    own_net = profile.network.mode in ("none", "slirp4netns")
+    own_net = profile.network.mode != "host"
     namespaces = ["user", "mount"]
     outer = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]
     if ns.pid:
@@ -77,16 +51,18 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         outer.append("--ipc")
     outer += ["--", host.stage]
 
-    guards = _guards(host)
-    rootfs = _rootfs(profile, host)
+    root = _rootfs(profile, host)
+    mounts = _mounts(profile, host, own_net=own_net, rootfs=root is not None)
     warnings: list[str] = []
-    if rootfs is not None:
-        mounts: list[MountOp] = []
+    if root is not None:
+        path, switch, writes = root
+        rootfs: RootfsPlan | None = RootfsPlan(path=path, switch=switch, writes=writes, mounts=tuple(mounts))
+        mounts = []
         cwd = expand(profile.command.cwd, host) if profile.command.cwd is not None else host.home
     else:
-        mounts = _mounts(profile, host, own_net=own_net)
+        rootfs = None
         cwd = _cwd(profile, host, mounts, warnings)
-    network = _network(profile, host)
+    network = plan_network(profile, host)
     if network is not None:
         warnings[:0] = network.warnings
     shell = "/bin/sh" if rootfs is not None else host.shell
@@ -94,7 +70,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         description=profile.description,
         namespaces=tuple(namespaces),
         outer=tuple(outer),
-        guards=tuple(guards),
+        guards=tuple(_guards(host)),
         mounts=tuple(mounts),
         hostname=ns.hostname if ns.uts else "",
         loopback_up=own_net,
@@ -145,8 +121,8 @@ def _guards(host: HostFacts) -> list[MountOp]:
     return ops
 
 
-def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
-    """Mounts inside another root: targets are paths in it, sources are the host's."""
+def _rootfs(profile: Profile, host: HostFacts) -> tuple[str, RootSwitch, RootWrites] | None:
+    """Another root: its path (checked), switch and writes; None for the host's own."""
     spec = profile.rootfs
     if spec.path is None:
         return None
@@ -155,81 +131,8 @@ def _rootfs(profile: Profile, host: HostFacts) -> RootfsPlan | None:
         raise ProfileKeyError(("rootfs", "path"), "/ is the host's own root", "name a root filesystem's directory")
     if spec.writes == "overlay" and any(c in path for c in ",:\\"):
         raise ProfileKeyError(("rootfs", "path"), f"{path} contains ',', ':' or a backslash, which overlayfs "
-                        "cannot take as a lower directory", "move or link the tree elsewhere")
-    ops: list[MountOp] = []
-    if profile.namespaces.pid:
-        ops.append(MountOp("proc", "/proc", create=True, why="the PID namespace's own"))
-    else:
-        ops.append(MountOp("procbind", "/proc", create=True))
-    ops.append(MountOp("dev", "/dev", create=True))
-    ops.append(MountOp("tmpfs", "/tmp", size=profile.tmp.size, mode="1777", create=True))
-    if profile.home.mode == "tmpfs":
-        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", create=True,
-                           why="HOME"))
-    else:
-        ops.append(MountOp("bind", host.home, source=host.home, create=True, why="HOME (the host's)"))
-    for index, mount in enumerate(profile.mounts):
-        loc = ("mounts", index)
-        target = expand(mount.target or mount.source or "", host)
-        if target == "/":
-            raise ProfileKeyError((*loc, "target"), "cannot mount over /", "name a directory below /")
-        if mount.type == "tmpfs":
-            ops.append(MountOp("tmpfs", target, size=mount.size or TMPFS_DEFAULT_SIZE, mode="0755",
-                               create=True))
-            continue
-        source = _bind_source(mount.source or "", loc, host)
-        ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind",
-                           create=True))
-    return RootfsPlan(path=path, switch=spec.switch, writes=spec.writes, mounts=tuple(ops))
-
-
-def _network(profile: Profile, host: HostFacts) -> NetworkPlan | None:
-    net = profile.network
-    if net.mode != "slirp4netns":
-        return None
-    slirp = host.tools.get("slirp4netns", "")
-    if not slirp:
-        raise SandboxerError(
-            "slirp4netns not found in /usr/bin, /bin, /usr/sbin or /sbin (network.mode = 'slirp4netns')",
-            "install slirp4netns 1.x (apt install slirp4netns), or use --net none",
-        )
-    argv = [slirp, "--configure", "--mtu=65520"]
-    warnings = []
-    if net.allow_host_loopback:
-        warnings.append("the sandbox can reach services on the host's 127.0.0.1 through 10.0.2.2 "
-                        "(network.allow_host_loopback)")
-    else:
-        argv.append("--disable-host-loopback")
-    argv += ["--enable-sandbox", "--enable-seccomp", f"--ready-fd={SLIRP_READY_FD}",
-             f"--exit-fd={SLIRP_EXIT_FD}"]
-    if net.forwards:
-        argv.append(f"--api-socket={API_SOCKET}")
-    # The target is the stage's pid: slirp4netns joins its net namespace and the user namespace
-    # that owns it (the outer one, the stage's; not the payload's nested one). The explicit
-    # --userns-path/--netns-type=path form breaks --enable-sandbox in slirp4netns 1.2.
-    argv += [STAGE_PID, "tap0"]
-    forwards = tuple(Forward(f.proto, f.host_addr, f.host_port, f.guest_port) for f in net.forwards)
-    for index, fwd in enumerate(forwards):
-        if ":" in fwd.host_addr:
-            # slirp4netns's add_hostfwd parses host_addr with inet_pton(AF_INET) (1.2 and older)
-            raise ProfileKeyError(("network", "forwards", index, "host_addr"),
-                            f"{fwd.host_addr} is an IPv6 address, and slirp4netns forwards from IPv4 "
-                            "addresses only", "use 127.0.0.1 (or another IPv4 address)")
-        if fwd.host_addr != "127.0.0.1":
-            warnings.append(f"forward {fwd.describe()} listens on {fwd.host_addr}, not only 127.0.0.1: "
-                            "other hosts or users may reach the sandbox")
-    name = profile.namespaces.hostname if profile.namespaces.uts else ""
-    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    if name:
-        hosts += f"10.0.2.100\t{name}\n"
-    return NetworkPlan(
-        mode="slirp4netns",
-        argv=tuple(argv),
-        forwards=forwards,
-        warnings=tuple(warnings),
-        resolv_conf=f"nameserver {NAMESERVER}\n",
-        hosts=hosts,
-    )
+                              "cannot take as a lower directory", "move or link the tree elsewhere")
+    return path, spec.switch, spec.writes
 
 
 def _usermap(profile: Profile, host: HostFacts) -> UserMap:
@@ -251,51 +154,65 @@ def _under(path: str, top: str) -> bool:
     return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
 
 
-def _mounts(profile: Profile, host: HostFacts, *, own_net: bool) -> list[MountOp]:
-    """The sandbox's view of the host's tree: all of it read-only, the host's shared scratch
-    places and runtime directories replaced by private tmpfs, then HOME and the profile's mounts."""
-    ops = [MountOp("readonly-root", "/", readonly=True)]
-    if own_net:
-        ops.append(MountOp("sysfs", "/sys", readonly=True,
-                           why="the sandbox's own network interfaces, not the host's"))
+def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool) -> list[MountOp]:
+    """One pass for both kinds of root. On the host's tree: all of it read-only, the host's
+    shared scratch places and runtime directories replaced by private tmpfs. In another root
+    (targets are paths in it, resolved there by the stage): /proc, a minimal /dev, /tmp. Then
+    HOME and the profile's mounts, whose sources are always the host's."""
     fresh: list[str] = []  # targets of tmpfs mounts made by this plan: we may create under them
-    for path in host.scratch_dirs:
-        size = SHM_SIZE if path == "/dev/shm" else profile.tmp.size
-        ops.append(MountOp("tmpfs", path, size=size, mode="1777", why="private, not the host's"))
-        fresh.append(path)
-    for path in host.runtime_dirs:
-        ops.append(MountOp("tmpfs", path, size=RUNTIME_SIZE, mode="0700",
-                           create=any(_under(path, top) for top in fresh),
-                           why="private: the host's session bus, systemd --user and agents stay out "
-                               "of reach"))
-        fresh.append(path)
+    ops: list[MountOp] = []
+    if rootfs:
+        fresh.append("/")  # the tree is the sandbox's own: missing targets are made in it
+        if profile.namespaces.pid:
+            ops.append(MountOp("proc", "/proc", create=True, why="the PID namespace's own"))
+        else:
+            ops.append(MountOp("procbind", "/proc", create=True))
+        ops.append(MountOp("dev", "/dev", create=True))
+        ops.append(MountOp("tmpfs", "/tmp", size=profile.tmp.size, mode="1777", create=True))
+    else:
+        ops.append(MountOp("readonly-root", "/", readonly=True))
+        if own_net:
+            ops.append(MountOp("sysfs", "/sys", readonly=True,
+                               why="the sandbox's own network interfaces, not the host's"))
+        for path in host.scratch_dirs:
+            size = SHM_SIZE if path == "/dev/shm" else profile.tmp.size
+            ops.append(MountOp("tmpfs", path, size=size, mode="1777", why="private, not the host's"))
+            fresh.append(path)
+        for path in host.runtime_dirs:
+            ops.append(MountOp("tmpfs", path, size=RUNTIME_SIZE, mode="0700", create=_creatable(path, fresh),
+                               why="private: the host's session bus, systemd --user and agents stay out "
+                                   "of reach"))
+            fresh.append(path)
+
     if profile.home.mode == "tmpfs":
         ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700",
-                           create=any(_under(host.home, top) for top in fresh), why="HOME"))
+                           create=_creatable(host.home, fresh), why="HOME"))
         fresh.append(host.home)
     else:
-        ops.append(MountOp("bind", host.home, source=host.home,
-                           create=any(_under(host.home, top) for top in fresh),
+        ops.append(MountOp("bind", host.home, source=host.home, create=_creatable(host.home, fresh),
                            why="HOME (the host's, writable)"))
-        fresh = [top for top in fresh if not _under(top, host.home)]
+        fresh = [top for top in fresh if top == "/" or not _under(top, host.home)]
     for index, mount in enumerate(profile.mounts):
         loc = ("mounts", index)
         target = expand(mount.target or mount.source or "", host)
         if target == "/":
             raise ProfileKeyError((*loc, "target"), "cannot mount over /", "name a directory below /")
-        create = any(_under(target, top) and target != top for top in fresh)
+        create = _creatable(target, fresh)
         if mount.type == "tmpfs":
-            size = mount.size or TMPFS_DEFAULT_SIZE
-            ops.append(MountOp("tmpfs", target, size=size, mode="0755", create=create))
+            ops.append(MountOp("tmpfs", target, size=mount.size or TMPFS_DEFAULT_SIZE, mode="0755",
+                               create=create))
             fresh.append(target)
             continue
         source = _bind_source(mount.source or "", loc, host)
-        ops.append(
-            MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create)
-        )
+        ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create))
         # a bind hides what a tmpfs put there before; creating under it would write the host
-        fresh = [top for top in fresh if not _under(top, target)]
+        fresh = [top for top in fresh if top == "/" or not _under(top, target)]
     return ops
+
+
+def _creatable(target: str, fresh: list[str]) -> bool:
+    """target may be made: it lies in a tmpfs this plan made (or anywhere in another root)."""
+    return any(_under(target, top) and target != top for top in fresh)
 
 
 def _bind_source(path: str, loc: tuple[str | int, ...], host: HostFacts) -> str:

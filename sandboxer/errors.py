@@ -25,6 +25,15 @@ class SandboxerError(Exception):
         return printable(text)
 
 
+class ProfileKeyError(SandboxerError):
+    """A problem with one profile key that only compiling finds; build.py names its file:line
+    (or the option that set it)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.loc = loc
+
+
 def printable(text: str) -> str:
     """text on one line: control characters (a newline in a path, say) shown as escapes."""
     if text.isprintable():

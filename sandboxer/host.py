@@ -11,12 +11,24 @@ import sys
 
 from .errors import SandboxerError
 
-# Tools are looked up in fixed system directories, never in the caller's PATH:
-# a PATH entry the payload could write must not decide what runs outside it.
-SYSTEM_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
-TOOLS = ("unshare", "slirp4netns")
-# Testing hook only: a slirp4netns to use instead of the system one (for fakes in the tests).
-SLIRP_OVERRIDE_ENV = "SANDBOXER_SLIRP4NETNS"
+# Tools are found the way a user expects: the caller's PATH first (absolute entries only), then
+# the system directories, sbin included (where distributions may put network helpers).
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
+TOOLS = ("unshare", "slirp4netns", "pasta")
+PROBE_TIMEOUT = 5.0
+
+
+class ToolInfo:
+    """What a tool says of itself (--version, and the options its --help lists), probed only
+    when a plan is compiled: the plan cache key holds each tool's path and stat, so a changed
+    binary is probed again."""
+
+    __slots__ = ("path", "version", "options")
+
+    def __init__(self, path: str, version: str, options: frozenset[str]) -> None:
+        self.path = path
+        self.version = version
+        self.options = options
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # The stage: a small C program built with the package (sandboxer/stage.c), run inside.
 STAGE = os.path.join(PACKAGE_DIR, "sandboxer-stage")
@@ -40,7 +52,7 @@ class HostFacts:
 
     __slots__ = (
         "uid", "gid", "user", "home", "shell", "cwd", "tools", "stage",
-        "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths",
+        "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths", "probed",
     )
 
     def __init__(
@@ -60,6 +72,7 @@ class HostFacts:
         runtime_dirs: tuple[str, ...],
         scratch_dirs: tuple[str, ...],
         own_paths: tuple[str, ...],
+        probed: dict[str, ToolInfo] | None = None,
     ) -> None:
         self.uid = uid
         self.gid = gid
@@ -75,6 +88,7 @@ class HostFacts:
         self.runtime_dirs = runtime_dirs
         self.scratch_dirs = scratch_dirs
         self.own_paths = own_paths
+        self.probed = probed or {}
 
     @property
     def private_dirs(self) -> tuple[str, ...]:
@@ -88,18 +102,21 @@ class HostFacts:
         """A stable tuple of every fact, for the plan cache key."""
         return (
             *(sorted(self.tools.items()) if name == "tools" else getattr(self, name)
-              for name in self.__slots__),
+              for name in self.__slots__ if name != "probed"),
             tuple(_stamp(path) for _name, path in sorted(self.tools.items())),
             _stamp(self.stage),
         )
 
     @classmethod
     def example(cls, **changes: object) -> HostFacts:
-        """Fixed facts for golden tests and docs."""
+        """Fixed facts for golden tests and docs: Debian 12's tools, found in /usr/bin."""
+        from .netplan import PASTA_OPTIONS
+
         facts: dict[str, object] = dict(
             uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
             cwd="/home/alice/src/project",
-            tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns"},
+            tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns",
+                   "pasta": "/usr/bin/pasta"},
             stage="/home/alice/.local/pipx/venvs/sandboxer/lib/python3.11/site-packages/sandboxer/"
                   "sandboxer-stage",
             cache_dir="/home/alice/.cache/sandboxer",
@@ -109,6 +126,10 @@ class HostFacts:
             runtime_dirs=("/run/user/1000",),
             scratch_dirs=SCRATCH,
             own_paths=("/home/alice/.local/pipx/venvs/sandboxer",),
+            probed={
+                "slirp4netns": ToolInfo("/usr/bin/slirp4netns", "slirp4netns version 1.2.0\n", frozenset()),
+                "pasta": ToolInfo("/usr/bin/pasta", "pasta unknown version\n", frozenset(PASTA_OPTIONS)),
+            },
         )
         facts.update(changes)
         return cls(**facts)  # type: ignore[arg-type]
@@ -123,12 +144,37 @@ def _stamp(path: str) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def find_tool(name: str) -> str:
-    for directory in SYSTEM_PATH:
+def find_tool(name: str, search_path: str = "") -> str:
+    """name on search_path (a PATH value; its relative entries are skipped), then in SYSTEM_PATH."""
+    dirs = [d for d in search_path.split(":") if d.startswith("/")]
+    for directory in dict.fromkeys((*dirs, *SYSTEM_PATH)):
         path = os.path.join(directory, name)
-        if os.access(path, os.X_OK):
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     return ""
+
+
+def probe(facts: HostFacts, names: tuple[str, ...]) -> None:
+    """Ask each named tool found for its --version (and, for pasta, its --help's options)."""
+    import re
+    import subprocess
+
+    for name in names:
+        path = facts.tools.get(name, "")
+        if not path or name in facts.probed:
+            continue
+        texts = []
+        for flag in ("--version", "--help") if name == "pasta" else ("--version",):
+            try:
+                out = subprocess.run([path, flag], capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+                                     stdin=subprocess.DEVNULL, env={"LC_ALL": "C"}, errors="replace")
+                # pasta without a syslog says "Failed to send N bytes to syslog" between lines
+                texts.append("\n".join(line for line in (out.stdout + out.stderr).splitlines()
+                                       if not line.startswith("Failed to send")))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                texts.append(str(e))
+        options = frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", texts[1])) if len(texts) > 1 else frozenset()
+        facts.probed[name] = ToolInfo(path, texts[0], options)
 
 
 def cache_dir(environ: dict[str, str] | os._Environ[str], home: str) -> str:
@@ -243,11 +289,8 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
             f"sandboxer's stage {STAGE} is missing or not executable",
             "reinstall sandboxer; building it needs a C compiler: apt install gcc",
         )
-    tools = {name: find_tool(name) for name in TOOLS}
-    override = env.get(SLIRP_OVERRIDE_ENV, "")
-    if override:
-        # For the test suite's fake helpers; part of the facts, so of the plan cache key too.
-        tools["slirp4netns"] = override
+    search = env.get("PATH", "")
+    tools = {name: find_tool(name, search) for name in TOOLS}
     cache = os.path.realpath(cache_dir(env, home))
     keys = os.path.realpath(key_dir(pw_home)) if pw_home.startswith("/") and pw_home != "/" else ""
     facts = HostFacts(

@@ -83,14 +83,15 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("tmp-size", kind="value", key="tmp.size", metavar="SIZE",
         help="size limit of the private /tmp and /var/tmp, in bytes or with a k/M/G suffix (default 512M)"),
     Opt("net", kind="choice", key="network.mode", metavar="MODE",
-        choices=("host", "none", "slirp4netns"), complete="choices",
-        help="network: 'host' (no network namespace), 'none' (own namespace with only lo) or "
-             "'slirp4netns' (own namespace, user-mode networking through slirp4netns)"),
+        choices=("host", "none", "slirp4netns", "pasta"), complete="choices",
+        help="network: 'host' (no network namespace), 'none' (own namespace with only lo), "
+             "'slirp4netns' or 'pasta' (own namespace, user-mode networking through that helper)"),
     Opt("allow-host-loopback", kind="bool", key="network.allow_host_loopback",
-        help="slirp4netns: let the sandbox reach the host's 127.0.0.1 through 10.0.2.2 (default off)"),
+        help="slirp4netns, pasta: let the sandbox reach the host's 127.0.0.1 through the gateway "
+             "address (default off)"),
     Opt("forward", kind="forward", key="network.forwards", metavar="[ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]",
-        help="slirp4netns: forward the host's ADDR:HOST_PORT (ADDR default 127.0.0.1) to GUEST_PORT "
-             "inside; repeatable"),
+        help="slirp4netns, pasta: forward the host's ADDR:HOST_PORT (ADDR default 127.0.0.1) to "
+             "GUEST_PORT inside; repeatable"),
     Opt("pid", kind="bool", key="namespaces.pid",
         help="own PID namespace with a fresh /proc (default on)"),
     Opt("ipc", kind="bool", key="namespaces.ipc", help="own IPC namespace (default on)"),

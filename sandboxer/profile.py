@@ -93,7 +93,7 @@ Port = Annotated[int, Field(ge=1, le=65535, description="a port number, 1 to 655
 
 
 class Forward(_Section):
-    """[[network.forwards]]: one port of the host forwarded into the sandbox (slirp4netns only)."""
+    """[[network.forwards]]: one port of the host forwarded into the sandbox (slirp4netns, pasta)."""
 
     host_addr: Text = Field(
         "127.0.0.1",
@@ -119,27 +119,30 @@ class Tmp(_Section):
 class Network(_Section):
     """[network]: what network the command sees."""
 
-    mode: Literal["host", "none", "slirp4netns"] = Field(
+    mode: Literal["host", "none", "slirp4netns", "pasta"] = Field(
         "none",
         description="'host': the host's network; 'none': an own namespace with only lo; "
-        "'slirp4netns': an own namespace with user-mode networking (tap0 10.0.2.100/24)",
+        "'slirp4netns': an own namespace with user-mode networking (tap0 10.0.2.100/24); "
+        "'pasta': the same through pasta, with the host's addresses and routes, IPv6 too",
     )
     allow_host_loopback: bool = Field(
         False,
-        description="slirp4netns: let the sandbox reach the host's 127.0.0.1 through 10.0.2.2",
+        description="slirp4netns and pasta: let the sandbox reach the host's 127.0.0.1 through the "
+        "gateway address (10.0.2.2 with slirp4netns)",
     )
     forwards: list[Forward] = Field(
         default_factory=list, max_length=64,
-        description="host ports forwarded into the sandbox (slirp4netns only)",
+        description="host ports forwarded into the sandbox (slirp4netns and pasta)",
     )
 
     @model_validator(mode="after")
     def _shape(self) -> Network:
-        if self.mode != "slirp4netns":
+        if self.mode not in ("slirp4netns", "pasta"):
             if self.forwards:
-                raise ValueError(f"'forwards' need mode = 'slirp4netns', not {self.mode!r}")
+                raise ValueError(f"'forwards' need mode = 'slirp4netns' or 'pasta', not {self.mode!r}")
             if self.allow_host_loopback:
-                raise ValueError(f"'allow_host_loopback' needs mode = 'slirp4netns', not {self.mode!r}")
+                raise ValueError(f"'allow_host_loopback' needs mode = 'slirp4netns' or 'pasta', "
+                                 f"not {self.mode!r}")
         seen = set()
         for fwd in self.forwards:
             key = (fwd.proto, fwd.host_addr, fwd.host_port)
@@ -259,18 +262,22 @@ class Security(_Section):
     )
 
 
+RootSwitch = Literal["pivot_root", "chroot"]
+RootWrites = Literal["persist", "read-only", "overlay"]
+
+
 class Rootfs(_Section):
     """[rootfs]: run inside another root filesystem (a directory tree such as a minirootfs)."""
 
     path: Path | None = Field(
         None, description="the root filesystem's directory; unset: the host's own root"
     )
-    switch: Literal["pivot_root", "chroot"] = Field(
+    switch: RootSwitch = Field(
         "pivot_root",
         description="'pivot_root': the old root is detached and unreachable; 'chroot': the old "
         "root stays mounted outside the payload's root (which loses CAP_SYS_CHROOT)",
     )
-    writes: Literal["persist", "read-only", "overlay"] = Field(
+    writes: RootWrites = Field(
         "persist",
         description="'persist': changes land in the directory; 'read-only': the tree cannot be "
         "changed; 'overlay': changes go to a throwaway tmpfs overlay",

@@ -11,15 +11,19 @@
  * It is C rather than Python because it runs on every sandbox start: a second interpreter
  * costs ~9 ms here (start-up plus ctypes), this binary well under one.
  *
- * File descriptors from the supervisor:
- *   3  the config, read to EOF: NUL-terminated fields in the order read_config() takes them
- *      (written by sandboxer/supervise.py, stage_config())
+ * File descriptors from the supervisor (their numbers, the config's records and the messages
+ * are defined once, in sandboxer/wire.py, which generates wire.h):
+ *   3  the config, read to EOF: tagged records, see wire.py and read_config()
  *   4  status pipe to the supervisor: "R" ready, "E<msg>\n" setup failed, "N<code> <msg>\n"
  *      the payload could not be executed, "S<signal> <pid>\n" the payload (pid as seen here)
  *      was stopped on the terminal, "X<wait status>\n" the payload finished
  *   5  control pipe from the supervisor: "G" go; EOF means the supervisor is gone
  *   6  the caller's stderr (fd 2 is a pipe to the supervisor until the stage starts, so that
  *      unshare's own complaints become one clean error line)
+ *
+ * `sandboxer-stage --print-config` reads a config on stdin and prints what it understood, as
+ * JSON, without making any namespace: the encoder and this decoder are tested against each
+ * other, and what the stage receives for each shipped profile is a golden file.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,8 +53,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
-#define CONFIG_MAGIC "sandboxer-stage 2"
+#include "wire.h"
+
 #define GO_TIMEOUT_MS 60000
 #define CONFIG_MAX (16 << 20)
 
@@ -118,19 +122,14 @@ static const struct abi ABIS[] = {
 	{0, 0, 0},
 };
 
-static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-#define NFORWARDED (sizeof FORWARDED / sizeof FORWARDED[0])
 /* where the stage briefly mounts a tmpfs to write files in (the first that exists) */
 static const char *const SCRATCH_DIRS[] = {"/tmp", "/run", "/mnt", "/var/tmp", NULL};
-static const char *const DEV_NODES[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
-static const char *const DEV_LINKS[][2] = {
-	{"ptmx", "pts/ptmx"}, {"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},
-	{"stdout", "/proc/self/fd/1"}, {"stderr", "/proc/self/fd/2"}, {NULL, NULL},
-};
 
 /* ---- the config --------------------------------------------------------------------------- */
 struct mount_op {
-	const char *kind, *source, *target, *size, *mode;
+	enum mount_kind kind;
+	const char *source, *target, *mode;
+	long size;
 	int readonly, create;
 	int tree; /* a bind: its source, cloned (open_tree) before anything covered it; else -1 */
 };
@@ -139,6 +138,7 @@ struct config {
 	int pid, tty, lo, inner_uid, inner_gid, landlock, apidir;
 	long ppid;
 	const char *hostname, *cwd, *resolv, *hosts; /* resolv == NULL: no network files */
+	const char *tap; /* NULL: no tap device to make */
 	struct mount_op *mounts;
 	size_t nmounts;
 	const char *rootfs_dir, *rootfs_switch, *rootfs_writes; /* rootfs_dir == NULL: no rootfs */
@@ -149,6 +149,7 @@ struct config {
 
 static struct config cfg;
 static volatile pid_t payload_pid;
+static int printing; /* --print-config */
 
 /* ---- reporting ---------------------------------------------------------------------------- */
 static void status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -161,9 +162,11 @@ static void status(const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
-	size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
-	if (len > 0 && buf[len - 1] != '\n' && fmt[0] != 'R')
+	size_t len = (size_t)n;
+	if (len >= sizeof buf) {
+		len = sizeof buf - 1;
 		buf[len - 1] = '\n'; /* truncated: keep the line ending the supervisor waits for */
+	}
 	ssize_t ignored = write(STATUS_FD, buf, len);
 	(void)ignored;
 }
@@ -190,7 +193,12 @@ static void die(const char *fmt, ...)
 		}
 	}
 	shown[n] = '\0';
-	status("E%s\n", shown);
+	if (printing) {
+		/* --print-config: no supervisor listens; the error goes to stderr */
+		dprintf(2, "sandboxer-stage: error: %s\n", shown);
+		_exit(125);
+	}
+	status("%c%s\n", STATUS_ERROR, shown);
 	_exit(125);
 }
 
@@ -229,75 +237,91 @@ static char *fmt(const char *f, ...)
 static char *config_buf;
 static size_t config_len, config_pos;
 
-static const char *field(void)
+static const char *field(const char *what)
 {
 	if (config_pos >= config_len)
-		die("the stage's config is truncated (sandboxer bug)");
+		die("the stage's config is truncated in %s (sandboxer bug)", what);
 	char *start = config_buf + config_pos;
 	char *end = memchr(start, '\0', config_len - config_pos);
 	if (!end)
-		die("the stage's config is truncated (sandboxer bug)");
+		die("the stage's config is truncated in %s (sandboxer bug)", what);
 	config_pos = (size_t)(end - config_buf) + 1;
 	return start;
 }
 
-static long number(void)
+static long number(const char *what)
 {
-	const char *s = field();
+	const char *s = field(what);
 	char *end;
 	errno = 0;
 	long v = strtol(s, &end, 10);
 	if (errno || end == s || *end)
-		die("the stage's config has a bad number %s (sandboxer bug)", s);
+		die("the stage's config has a bad number '%s' in %s (sandboxer bug)", s, what);
 	return v;
 }
 
-static size_t count(void)
+static int boolean(const char *what)
 {
-	long n = number();
-	if (n < 0 || n > 100000)
-		die("the stage's config has a bad count (sandboxer bug)");
-	return (size_t)n;
+	long v = number(what);
+	if (v != 0 && v != 1)
+		die("the stage's config has %ld for the boolean %s (sandboxer bug)", v, what);
+	return (int)v;
 }
 
-static struct mount_op *mount_ops(size_t *n)
+static enum mount_kind mount_kind(const char *what)
 {
-	*n = count();
-	struct mount_op *ops = calloc(*n + 1, sizeof *ops);
-	if (!ops)
+	const char *name = field(what);
+	for (int k = 0; k < NMOUNT_KINDS; k++)
+		if (!strcmp(name, MOUNT_KIND_NAMES[k]))
+			return (enum mount_kind)k;
+	die("the stage's config has an unknown mount kind '%s' in %s (sandboxer bug: reinstall sandboxer)",
+	    name, what);
+}
+
+static const char *one_of(const char *const *allowed, const char *what)
+{
+	const char *value = field(what);
+	for (const char *const *a = allowed; *a; a++)
+		if (!strcmp(value, *a))
+			return value;
+	die("the stage's config has an unknown %s '%s' (sandboxer bug: reinstall sandboxer)", what, value);
+}
+
+/* Append to a growable array of n items of size bytes; returns the new item, zeroed. */
+static void *append(void *array, size_t *n, size_t size)
+{
+	char *grown = realloc(array, (*n + 2) * size);
+	if (!grown)
 		die("out of memory");
-	for (size_t i = 0; i < *n; i++) {
-		ops[i].kind = field();
-		ops[i].source = field();
-		ops[i].target = field();
-		ops[i].readonly = (int)number();
-		ops[i].size = field();
-		ops[i].mode = field();
-		ops[i].create = (int)number();
-		ops[i].tree = -1;
-	}
-	return ops;
+	memset(grown + *n * size, 0, 2 * size); /* the new item, and a terminating zeroed one */
+	(*n)++;
+	return grown;
 }
 
-static char **strings(void)
+static void mount_record(struct mount_op **ops, size_t *n, const char *what)
 {
-	size_t n = count();
-	char **v = calloc(n + 1, sizeof *v);
-	if (!v)
-		die("out of memory");
-	for (size_t i = 0; i < n; i++)
-		v[i] = (char *)field();
-	return v;
+	*ops = append(*ops, n, sizeof **ops);
+	struct mount_op *op = &(*ops)[*n - 1];
+	op->kind = mount_kind(what);
+	op->source = field(what);
+	op->target = field(what);
+	op->readonly = boolean(what);
+	op->size = number(what);
+	op->mode = field(what);
+	op->create = boolean(what);
+	op->tree = -1;
 }
 
-static void read_config(void)
+/* Read the config (wire.py: magic, version, tagged records, end) from fd into cfg. Anything
+ * the stage does not know, or a record with the wrong number of values, is an error. */
+static void read_config(int fd)
 {
 	size_t cap = 65536;
 	config_buf = malloc(cap);
 	for (;;) {
 		if (!config_buf)
 			die("out of memory");
-		ssize_t n = read(CONFIG_FD, config_buf + config_len, cap - config_len);
+		ssize_t n = read(fd, config_buf + config_len, cap - config_len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		CHECK(n, "cannot read the stage's config");
@@ -311,34 +335,175 @@ static void read_config(void)
 			config_buf = realloc(config_buf, cap);
 		}
 	}
-	close(CONFIG_FD);
-	if (strcmp(field(), CONFIG_MAGIC) != 0)
+	close(fd);
+	if (strcmp(field("the magic"), WIRE_MAGIC) != 0)
 		die("the stage's config is not for this stage (sandboxer bug: reinstall sandboxer)");
-	cfg.pid = (int)number();
-	cfg.ppid = number();
-	cfg.tty = (int)number();
-	cfg.landlock = (int)number();
-	cfg.apidir = (int)number();
-	cfg.hostname = field();
-	cfg.lo = (int)number();
-	if (number()) {
-		cfg.resolv = field();
-		cfg.hosts = field();
+	long version = number("the version");
+	if (version != WIRE_VERSION)
+		die("the stage's config is version %ld, this stage reads version %d (reinstall sandboxer)",
+		    version, WIRE_VERSION);
+	size_t nargs = 0, nenv = 0;
+	int seen[NTAGS] = {0};
+	for (;;) {
+		const char *name = field("a record's tag");
+		int tag = -1;
+		for (int t = 0; t < NTAGS; t++)
+			if (!strcmp(name, WIRE_TAGS[t].name))
+				tag = t;
+		if (tag < 0)
+			die("the stage's config has an unknown record '%s' (sandboxer bug: reinstall sandboxer)", name);
+		const struct wire_tag_info *info = &WIRE_TAGS[tag];
+		if (seen[tag] && !info->repeat)
+			die("the stage's config repeats the record '%s' (sandboxer bug)", name);
+		seen[tag]++;
+		long count = number(name);
+		if (count != (long)strlen(info->types))
+			die("the stage's config has %ld values for '%s', expected %zu (sandboxer bug)", count, name,
+			    strlen(info->types));
+		switch ((enum wire_tag)tag) {
+		case TAG_PID: cfg.pid = boolean(name); break;
+		case TAG_PPID: cfg.ppid = number(name); break;
+		case TAG_TTY: cfg.tty = boolean(name); break;
+		case TAG_LANDLOCK:
+			cfg.landlock = (int)number(name);
+			if (cfg.landlock & ~(LANDLOCK_ABSTRACT_SOCKETS | LANDLOCK_SIGNALS))
+				die("the stage's config has unknown Landlock bits %d (sandboxer bug)", cfg.landlock);
+			break;
+		case TAG_APIDIR: cfg.apidir = boolean(name); break;
+		case TAG_HOSTNAME: cfg.hostname = field(name); break;
+		case TAG_LO: cfg.lo = boolean(name); break;
+		case TAG_TAP: cfg.tap = field(name); break;
+		case TAG_NETFILES:
+			cfg.resolv = field(name);
+			cfg.hosts = field(name);
+			break;
+		case TAG_INNER:
+			cfg.inner_uid = (int)number(name);
+			cfg.inner_gid = (int)number(name);
+			break;
+		case TAG_CWD: cfg.cwd = field(name); break;
+		case TAG_MOUNT: mount_record(&cfg.mounts, &cfg.nmounts, name); break;
+		case TAG_ROOTFS:
+			cfg.rootfs_dir = field(name);
+			cfg.rootfs_switch = one_of(ROOT_SWITCHES, "root switch");
+			cfg.rootfs_writes = one_of(ROOT_WRITES, "rootfs writes");
+			break;
+		case TAG_ROOTMOUNT: mount_record(&cfg.rootfs_mounts, &cfg.nrootfs_mounts, name); break;
+		case TAG_ARG:
+			cfg.argv = append(cfg.argv, &nargs, sizeof *cfg.argv);
+			cfg.argv[nargs - 1] = (char *)field(name);
+			break;
+		case TAG_ENV:
+			cfg.envp = append(cfg.envp, &nenv, sizeof *cfg.envp);
+			cfg.envp[nenv - 1] = (char *)field(name);
+			break;
+		case TAG_END:
+			if (config_pos != config_len)
+				die("the stage's config goes on after its end (sandboxer bug)");
+			for (int t = 0; t < NTAGS; t++)
+				if (WIRE_TAGS[t].required && !seen[t])
+					die("the stage's config has no '%s' record (sandboxer bug)", WIRE_TAGS[t].name);
+			if (cfg.nrootfs_mounts && !cfg.rootfs_dir)
+				die("the stage's config has rootfs mounts but no rootfs (sandboxer bug)");
+			if (!cfg.envp && !(cfg.envp = calloc(1, sizeof *cfg.envp)))
+				die("out of memory");
+			return;
+		case NTAGS:
+			break;
+		}
 	}
-	cfg.inner_uid = (int)number();
-	cfg.inner_gid = (int)number();
-	cfg.cwd = field();
-	cfg.mounts = mount_ops(&cfg.nmounts);
-	if (number()) {
-		cfg.rootfs_dir = field();
-		cfg.rootfs_switch = field();
-		cfg.rootfs_writes = field();
-		cfg.rootfs_mounts = mount_ops(&cfg.nrootfs_mounts);
+}
+
+/* ---- --print-config ----------------------------------------------------------------------- */
+static void json_string(const char *s)
+{
+	if (!s) {
+		fputs("null", stdout);
+		return;
 	}
-	cfg.argv = strings();
-	cfg.envp = strings();
-	if (!cfg.argv[0])
-		die("the stage's config has no command (sandboxer bug)");
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p); /* bytes >= 0x80 as they are: UTF-8 stays UTF-8 */
+	}
+	putchar('"');
+}
+
+static void json_mounts(const struct mount_op *ops, size_t n)
+{
+	putchar('[');
+	for (size_t i = 0; i < n; i++) {
+		const struct mount_op *op = &ops[i];
+		printf("%s{\"kind\": ", i ? ", " : "");
+		json_string(MOUNT_KIND_NAMES[op->kind]);
+		fputs(", \"source\": ", stdout);
+		json_string(op->source);
+		fputs(", \"target\": ", stdout);
+		json_string(op->target);
+		printf(", \"readonly\": %s, \"size\": %ld, \"mode\": ", op->readonly ? "true" : "false", op->size);
+		json_string(op->mode);
+		printf(", \"create\": %s}", op->create ? "true" : "false");
+	}
+	putchar(']');
+}
+
+static void json_strings(char **v)
+{
+	putchar('[');
+	for (size_t i = 0; v && v[i]; i++) {
+		if (i)
+			fputs(", ", stdout);
+		json_string(v[i]);
+	}
+	putchar(']');
+}
+
+/* What the stage understood of a config, as one JSON object. */
+static void print_config(void)
+{
+	printf("{\"version\": %d, \"pid\": %s, \"ppid\": %ld, \"tty\": %s, \"landlock\": %d, "
+	       "\"apidir\": %s, \"hostname\": ", WIRE_VERSION, cfg.pid ? "true" : "false", cfg.ppid,
+	       cfg.tty ? "true" : "false", cfg.landlock, cfg.apidir ? "true" : "false");
+	json_string(cfg.hostname);
+	printf(", \"lo\": %s, \"tap\": ", cfg.lo ? "true" : "false");
+	json_string(cfg.tap);
+	fputs(", \"netfiles\": ", stdout);
+	if (cfg.resolv) {
+		fputs("[", stdout);
+		json_string(cfg.resolv);
+		fputs(", ", stdout);
+		json_string(cfg.hosts);
+		fputs("]", stdout);
+	} else {
+		fputs("null", stdout);
+	}
+	printf(", \"inner\": [%d, %d], \"cwd\": ", cfg.inner_uid, cfg.inner_gid);
+	json_string(cfg.cwd);
+	fputs(", \"mounts\": ", stdout);
+	json_mounts(cfg.mounts, cfg.nmounts);
+	fputs(", \"rootfs\": ", stdout);
+	if (cfg.rootfs_dir) {
+		fputs("{\"path\": ", stdout);
+		json_string(cfg.rootfs_dir);
+		fputs(", \"switch\": ", stdout);
+		json_string(cfg.rootfs_switch);
+		fputs(", \"writes\": ", stdout);
+		json_string(cfg.rootfs_writes);
+		fputs(", \"mounts\": ", stdout);
+		json_mounts(cfg.rootfs_mounts, cfg.nrootfs_mounts);
+		putchar('}');
+	} else {
+		fputs("null", stdout);
+	}
+	fputs(", \"argv\": ", stdout);
+	json_strings(cfg.argv);
+	fputs(", \"env\": ", stdout);
+	json_strings(cfg.envp);
+	puts("}");
 }
 
 /* ---- small file helpers ------------------------------------------------------------------- */
@@ -515,7 +680,7 @@ static void move_tree(const struct mount_op *op)
 static void clone_sources(struct mount_op *ops, size_t n, size_t from)
 {
 	for (size_t i = from; i < n; i++) {
-		if (strcmp(ops[i].kind, "bind"))
+		if (ops[i].kind != MK_BIND)
 			continue;
 		source_is_dir(ops[i].source); /* the usual error for a missing source */
 		ops[i].tree = (int)syscall(SYS_open_tree, AT_FDCWD, ops[i].source,
@@ -539,12 +704,12 @@ static void readonly_host(void)
 static void apply_mount(struct mount_op *ops, size_t n, size_t i)
 {
 	const struct mount_op *op = &ops[i];
-	if (!strcmp(op->kind, "bind") && op->tree >= 0) {
+	if (op->kind == MK_BIND && op->tree >= 0) {
 		move_tree(op);
 		return;
 	}
-	if (!strcmp(op->kind, "pin") || !strcmp(op->kind, "protect") || !strcmp(op->kind, "bind")) {
-		const char *src = !strcmp(op->kind, "bind") ? op->source : op->target;
+	if (op->kind == MK_PIN || op->kind == MK_PROTECT || op->kind == MK_BIND) {
+		const char *src = op->kind == MK_BIND ? op->source : op->target;
 		int dir = source_is_dir(src);
 		if (op->create)
 			create_target(op->target, dir);
@@ -556,27 +721,27 @@ static void apply_mount(struct mount_op *ops, size_t n, size_t i)
 			make_readonly(op->target);
 		return;
 	}
-	if (!strcmp(op->kind, "readonly-root")) {
+	if (op->kind == MK_READONLY_ROOT) {
 		clone_sources(ops, n, i + 1);
 		readonly_host();
 		return;
 	}
-	if (!strcmp(op->kind, "sysfs")) {
+	if (op->kind == MK_SYSFS) {
 		/* A sysfs mounted in this network namespace lists only its own interfaces. */
 		CHECK(mount("sysfs", op->target, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL),
 		      "cannot mount a sysfs on %s", op->target);
 		return;
 	}
-	if (strcmp(op->kind, "tmpfs") && strcmp(op->kind, "hide"))
-		die("unknown mount kind %s (sandboxer bug: reinstall sandboxer)", op->kind);
+	if (op->kind != MK_TMPFS && op->kind != MK_HIDE)
+		die("mount kind %s cannot be applied here (sandboxer bug: reinstall sandboxer)", MOUNT_KIND_NAMES[op->kind]);
 	if (op->create)
 		create_target(op->target, 1);
 	else if (!is_dir(op->target))
 		die("mount target %s is not an existing directory", op->target);
 	unsigned long flags = MS_NOSUID | MS_NODEV;
-	if (!strcmp(op->kind, "hide"))
+	if (op->kind == MK_HIDE)
 		flags |= MS_RDONLY | MS_NOEXEC;
-	char *data = fmt("size=%s,mode=%s", op->size, op->mode);
+	char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
 	CHECK(mount("tmpfs", op->target, "tmpfs", flags, data), "cannot mount tmpfs on %s", op->target);
 	free(data);
 }
@@ -826,7 +991,7 @@ static void readonly_root(int rootfd, const char *top)
 			nested = below(op->target, cfg.rootfs_mounts[j].target);
 		if (nested)
 			continue;
-		char create = !strcmp(op->kind, "bind") && !source_is_dir(op->source) ? 'f' : 'd';
+		char create = op->kind == MK_BIND && !source_is_dir(op->source) ? 'f' : 'd';
 		close(walk(rootfd, op->target, create));
 	}
 	set_readonly(rootfd, "", AT_EMPTY_PATH | AT_RECURSIVE, fmt("cannot make the rootfs %s read-only", top));
@@ -851,17 +1016,17 @@ static int setup_rootfs(void)
 		readonly_root(rootfd, top);
 	for (size_t i = 0; i < cfg.nrootfs_mounts; i++) {
 		const struct mount_op *op = &cfg.rootfs_mounts[i];
-		if (!strcmp(op->kind, "proc")) {
+		if (op->kind == MK_PROC) {
 			mount_in(rootfd, op->target, 'd', "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-		} else if (!strcmp(op->kind, "procbind")) {
+		} else if (op->kind == MK_PROCBIND) {
 			mount_in(rootfd, op->target, 'd', "/proc", NULL, MS_BIND | MS_REC, NULL);
-		} else if (!strcmp(op->kind, "dev")) {
+		} else if (op->kind == MK_DEV) {
 			minimal_dev(rootfd, op->target);
-		} else if (!strcmp(op->kind, "tmpfs")) {
-			char *data = fmt("size=%s,mode=%s", op->size, op->mode);
+		} else if (op->kind == MK_TMPFS) {
+			char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
 			mount_in(rootfd, op->target, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data);
 			free(data);
-		} else if (!strcmp(op->kind, "bind")) {
+		} else if (op->kind == MK_BIND) {
 			mount_in(rootfd, op->target, source_is_dir(op->source) ? 'd' : 'f', op->source, NULL,
 				 MS_BIND | MS_REC, NULL);
 			if (op->readonly) {
@@ -872,7 +1037,7 @@ static int setup_rootfs(void)
 				close(fd);
 			}
 		} else {
-			die("unknown rootfs mount kind %s (sandboxer bug: reinstall sandboxer)", op->kind);
+			die("mount kind %s cannot be applied in a rootfs (sandboxer bug: reinstall sandboxer)", MOUNT_KIND_NAMES[op->kind]);
 		}
 	}
 	if (strcmp(cfg.rootfs_switch, "pivot_root"))
@@ -1050,7 +1215,7 @@ static void exec_payload(void)
 	const char *name = cfg.argv[0];
 	char denied[2048] = "";
 	if (!name[0]) {
-		status("N127 command not found: the command name is empty\n");
+		status("%c127 command not found: the command name is empty\n", STATUS_EXEC);
 		_exit(127);
 	}
 	if (strchr(name, '/')) {
@@ -1079,10 +1244,10 @@ static void exec_payload(void)
 		}
 	}
 	if (denied[0]) {
-		status("N126 cannot execute %s\n", denied);
+		status("%c126 cannot execute %s\n", STATUS_EXEC, denied);
 		_exit(126);
 	}
-	status("N127 command not found%s: %s\n", strchr(name, '/') ? "" : " in the sandbox's PATH", name);
+	status("%c127 command not found%s: %s\n", STATUS_EXEC, strchr(name, '/') ? "" : " in the sandbox's PATH", name);
 	_exit(127);
 }
 
@@ -1220,15 +1385,25 @@ static void forward(int sig)
 	errno = saved;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "--print-config")) {
+		printing = 1;
+		read_config(0);
+		print_config();
+		return fflush(stdout) == 0 ? 0 : 125;
+	}
+	if (argc != 1) {
+		dprintf(2, "usage: sandboxer-stage (run by sandboxer) | sandboxer-stage --print-config < CONFIG\n");
+		return 125;
+	}
 	if (dup2(STDERR_FD, 2) < 0)
 		_exit(125);
 	close(STDERR_FD);
 	/* a supervisor gone mid-write must not kill us before we have killed what is left */
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGXFSZ, SIG_IGN);
-	read_config();
+	read_config(CONFIG_FD);
 	/* The payload must not read this process's memory or fds through /proc. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	if (!cfg.pid) {
@@ -1244,8 +1419,8 @@ int main(void)
 		die("no TIOCSTI filter for this architecture; refusing to run");
 	for (size_t i = 0; i < cfg.nmounts; i++)
 		apply_mount(cfg.mounts, cfg.nmounts, i);
-	if (cfg.resolv)
-		persistent_tap("tap0"); /* before a rootfs switch: the tree's /dev has no net/tun */
+	if (cfg.tap)
+		persistent_tap(cfg.tap); /* before a rootfs switch: the tree's /dev has no net/tun */
 	int rootfd = cfg.rootfs_dir ? setup_rootfs() : -1;
 	if (cfg.resolv && rootfd >= 0)
 		chrooted_network_files(rootfd);
@@ -1257,14 +1432,14 @@ int main(void)
 		CHECK(sethostname(cfg.hostname, strlen(cfg.hostname)), "cannot set the hostname");
 	if (cfg.apidir)
 		private_api_dir();
-	status("R");
+	status("%c", STATUS_READY);
 
 	struct pollfd pfd = {CONTROL_FD, POLLIN, 0};
 	char go = 0;
 	int ready;
 	while ((ready = poll(&pfd, 1, GO_TIMEOUT_MS)) < 0 && errno == EINTR)
 		;
-	if (ready != 1 || read(CONTROL_FD, &go, 1) != 1 || go != 'G')
+	if (ready != 1 || read(CONTROL_FD, &go, 1) != 1 || go != GO)
 		_exit(125); /* the supervisor is gone or gave up: never run the payload */
 
 	sigset_t mask, old;
@@ -1303,7 +1478,7 @@ int main(void)
 			/* Ctrl-Z (or a read from the terminal in the background) stopped the payload, the
 			 * terminal's foreground job: the supervisor stops itself so that the caller's shell
 			 * gets the terminal back, and resumes the payload on `fg` */
-			status("S%d %d\n", WSTOPSIG(st), payload);
+			status("%c%d %d\n", STATUS_STOPPED, WSTOPSIG(st), payload);
 			continue;
 		}
 		if (pid == payload) {
@@ -1311,7 +1486,7 @@ int main(void)
 			break;
 		}
 	}
-	status("X%d\n", wstatus);
+	status("%c%d\n", STATUS_EXIT, wstatus);
 	if (!cfg.pid)
 		kill_descendants();
 	if (WIFSIGNALED(wstatus))

@@ -1,11 +1,15 @@
 """The supervisor: with children.py (which starts and ends its helpers), the only module with
 side effects on the host.
 
-It spawns the plan's outer hop (unshare ... -- sandboxer-stage) as a child that dies with
-it, hands the stage its config, waits (bounded) for "ready", does parent-side work, says "go",
-forwards signals, and turns the outcome into sandboxer's exit status.
+It spawns the plan's outer hop (unshare ... -- sandboxer-stage) as a child that dies with it,
+hands the stage its config (wire.encode), waits (bounded) for "ready", starts the network helper,
+says "go", forwards signals, and turns the outcome into sandboxer's exit status.
 
-On the hot path: imports only os, signal, select and children.
+The run is an event loop over a few fds; each kind of event has its handler (a signal, a
+message from the stage, the stage's end, the network helper's death, the setup deadline), so
+that another source (a control channel) is one more fd and one more handler.
+
+On the hot path: imports only os, signal, select, children, wire and spec.
 """
 
 from __future__ import annotations
@@ -18,65 +22,25 @@ import sys
 
 from . import children
 from .errors import EXIT_FAILURE, SandboxerError, printable
+from .wire import CONFIG_FD, CONTROL_FD, GO, STATUS, STATUS_FD, STDERR_FD, WireError, encode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .slirp import Slirp
+    from .helper import Helper
+    from .spec import RunSpec
 
 SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take milliseconds
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
-STAGE_MAGIC = "sandboxer-stage 2"  # must match CONFIG_MAGIC in stage.c
 
 
-def stage_config(recipe: dict[str, object], *, tty: bool, env: dict[str, str], argv: list[str],
-                 ppid: int) -> bytes:
-    """The stage's config: NUL-terminated fields, in the order stage.c's read_config() takes them.
-
-    Values come from the plan and the caller, never from a shell; a NUL in one cannot shift
-    the fields (it is refused here).
-    """
-    fields: list[object] = [STAGE_MAGIC, int(bool(recipe["pid"])), ppid, int(tty), int(recipe["landlock"]),  # type: ignore[call-overload]
-                            int(bool(recipe["apidir"])), recipe["hostname"], int(bool(recipe["lo"]))]
-    netfiles = recipe["netfiles"]
-    fields += [1, *netfiles] if netfiles else [0]  # type: ignore[misc]
-    fields += [*recipe["inner"], recipe["cwd"]]  # type: ignore[misc]
-
-    def mounts(ops: object) -> list[object]:
-        assert isinstance(ops, list | tuple)
-        out: list[object] = [len(ops)]
-        for kind, source, target, readonly, size, mode, create in ops:
-            out += [kind, source, target, int(readonly), size, mode, int(create)]
-        return out
-
-    fields += mounts(recipe["mounts"])
-    rootfs = recipe["rootfs"]
-    if rootfs:
-        assert isinstance(rootfs, dict)
-        fields += [1, rootfs["dir"], rootfs["switch"], rootfs["writes"], *mounts(rootfs["mounts"])]
-    else:
-        fields.append(0)
-    fields += [len(argv), *argv, len(env), *(f"{k}={v}" for k, v in env.items())]
-    texts = [str(f) for f in fields]
-    if any("\0" in t for t in texts):
-        raise SandboxerError("a NUL byte in the command, its environment or the profile",
-                             "remove it")
-    return b"".join(t.encode("utf-8", "surrogateescape") + b"\0" for t in texts)
-
-
-def build_env(recipe: dict[str, object], environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The payload's environment: the allowlist from the caller, then fixed and set values."""
-    keep = recipe["keep"]
-    assert isinstance(keep, list)
-    exact = {k for k in keep if not k.endswith("*")}
-    prefixes = tuple(k[:-1] for k in keep if k.endswith("*"))
-    env = {k: v for k, v in environ.items() if k in exact or (prefixes and k.startswith(prefixes))}
-    env.setdefault("PATH", str(recipe["path"]))
-    for pairs in (recipe["fixed"], recipe["set"]):
-        assert isinstance(pairs, list)
-        env.update((str(k), str(v)) for k, v in pairs)
-    return env
+def stage_config(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int) -> bytes:
+    """The stage's config for this run (wire.py); a NUL in a value is refused, not passed on."""
+    try:
+        return encode(spec, tty=tty, env=env, argv=argv, ppid=ppid)
+    except WireError as e:
+        raise SandboxerError(str(e), "remove it") from None
 
 
 def _interactive() -> bool:
@@ -173,22 +137,27 @@ def _find_child(pid: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, recipe: dict[str, object], argv: list[str] | None, *, debug: bool = False):
-        self.recipe = recipe
-        self.argv = argv or list(recipe["command"])  # type: ignore[call-overload]
+    def __init__(self, spec: RunSpec, argv: list[str] | None, *, debug: bool = False):
+        self.spec = spec
+        self.argv = argv or list(spec.command)
         self.debug = debug
         self.tty = _interactive()
-        self.child = 0
-        self.stage = 0
-        self.pending: list[int] = []
+        self.child = 0  # unshare
+        self.stage = 0  # the stage, as the host sees it
+        self.pending: list[int] = []  # signals caught, not yet handled
         self.buffer = b""
-        self.messages: list[str] = []
-        self.net: Slirp | None = None
+        self.net: Helper | None = None
+        # the run's state, changed by the handlers
+        self.ready = False
+        self.exit_status: int | None = None
+        self.failure: SandboxerError | None = None
+        self.status_open = True
+        self.ctl_w = -1
 
     # ---- spawning ------------------------------------------------------------------------------
-    def _spawn(self) -> tuple[int, int, int, int]:
-        outer = list(self.recipe["outer"])  # type: ignore[call-overload]
-        blob = stage_config(self.recipe, tty=self.tty, env=build_env(self.recipe, os.environ),
+    def _spawn(self) -> tuple[int, int, int]:
+        outer = list(self.spec.outer)
+        blob = stage_config(self.spec, tty=self.tty, env=self.spec.env.build(dict(os.environ)),
                             argv=self.argv, ppid=os.getpid())
         cfg_r, cfg_w = os.pipe()
         st_r, st_w = os.pipe()
@@ -202,7 +171,8 @@ class Supervisor:
         # not unshare, which would die of it and take the stage down without the payload getting
         # its signal. unshare dies with us: --kill-child then takes the stage (PID 1) and with it
         # the namespaces.
-        pid = children.spawn(outer, {3: cfg_r, 4: st_w, 5: ctl_r, 6: 2, 2: err_w})
+        pid = children.spawn(outer, {CONFIG_FD: cfg_r, STATUS_FD: st_w, CONTROL_FD: ctl_r, STDERR_FD: 2,
+                                     2: err_w})
         self.child = pid
         for fd in (cfg_r, st_w, ctl_r, err_w):
             os.close(fd)
@@ -213,36 +183,12 @@ class Supervisor:
         finally:
             os.close(cfg_w)
         os.set_blocking(err_r, False)
-        return st_r, ctl_w, err_r, os.pidfd_open(pid)
-
-    # ---- messages from the stage ------------------------------------------------------------
-    def _read_status(self, fd: int) -> bool:
-        """Read what is there; False at EOF."""
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        self.buffer += data
-        while self.buffer:
-            if self.buffer[:1] == b"R":
-                self.messages.append("R")
-                self.buffer = self.buffer[1:]
-                continue
-            end = self.buffer.find(b"\n")
-            if end < 0:
-                break
-            self.messages.append(self.buffer[:end].decode("utf-8", "replace"))
-            self.buffer = self.buffer[end + 1:]
-        return True
-
-    def _on_signal(self, sig: int, _frame: object) -> None:
-        self.pending.append(sig)
+        self.ctl_w = ctl_w
+        return st_r, err_r, os.pidfd_open(pid)
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> int:
-        for warning in self.recipe["warnings"]:  # type: ignore[attr-defined]
+        for warning in self.spec.warnings:
             print(f"sandboxer: warning: {printable(warning)}", file=sys.stderr)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
@@ -252,12 +198,13 @@ class Supervisor:
         old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         fds: list[int] = [wake_r, wake_w]
         try:
-            st_r, ctl_w, err_r, pidfd = self._spawn()
-            fds += [st_r, ctl_w, err_r, pidfd]
-            return self._supervise(st_r, ctl_w, err_r, pidfd, wake_r)
+            st_r, err_r, pidfd = self._spawn()
+            fds += [st_r, err_r, pidfd, self.ctl_w]
+            return self._loop(st_r, err_r, pidfd, wake_r)
         finally:
             if self.child:
-                self._reap()
+                children.reap(self.child, REAP_TIMEOUT)  # unshare must be gone when we return
+                self.child = 0
             if self.net is not None:
                 self.net.stop()
                 self.net = None
@@ -276,100 +223,111 @@ class Supervisor:
                 except OSError:
                     pass
 
-    def _reap(self) -> None:
-        """unshare must be gone when we return; kill it (and so the sandbox) if it lingers."""
-        children.reap(self.child, REAP_TIMEOUT)
-        self.child = 0
-
-    def _supervise(self, st_r: int, ctl_w: int, err_r: int, pidfd: int, wake_r: int) -> int:
+    def _loop(self, st_r: int, err_r: int, pidfd: int, wake_r: int) -> int:
         import time
 
         deadline = time.monotonic() + SETUP_TIMEOUT
-        ready = False
-        exit_status: int | None = None
-        failure: SandboxerError | None = None
-        code = 0
-        st_open = True
         while True:
-            timeout = None if ready else max(0.0, deadline - time.monotonic())
-            watch = [pidfd, wake_r] + ([st_r] if st_open else [])
+            timeout = None if self.ready else max(0.0, deadline - time.monotonic())
+            watch = [pidfd, wake_r] + ([st_r] if self.status_open else [])
             if self.net is not None:
                 watch.append(self.net.pidfd)
             readable, _, _ = select.select(watch, [], [], timeout)
-            if self.net is not None and self.net.pidfd in readable and exit_status is None:
-                # The network helper died under the payload: never leave it without one.
-                self._kill_sandbox()
-                raise self.net.died()
-            if not readable and not ready:
-                raise SandboxerError(
-                    f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug"
-                )
-            if wake_r in readable:
-                try:
-                    os.read(wake_r, 512)
-                except OSError:
-                    pass
-                sigs, self.pending = self.pending, []
-                for sig in sigs:
-                    if not ready:
-                        # Interrupted during setup: nothing of the payload ran; end it all.
-                        os.killpg(self.child, signal.SIGKILL)
-                        return 128 + sig
-                    try:
-                        os.kill(self.stage, sig)
-                    except OSError:
-                        pass
+            if not readable:
+                self.on_setup_timeout()
+            if self.net is not None and self.net.pidfd in readable:
+                self.on_helper_died()
+            if wake_r in readable and self.on_signals(wake_r):
+                return self.interrupted
             if st_r in readable:
-                st_open = self._read_status(st_r)
-            while self.messages:
-                msg = self.messages.pop(0)
-                kind, rest = msg[:1], msg[1:]
-                if kind == "R" and not ready:
-                    ready = True
-                    self.stage = _find_child(self.child) if self.recipe["pid"] else self.child
-                    try:
-                        self.parent_side_work()
-                    except BaseException:
-                        self._kill_sandbox()  # the payload never runs
-                        raise
-                    os.write(ctl_w, b"G")
-                elif kind == "E":
-                    failure = SandboxerError(f"sandbox setup failed: {rest}")
-                elif kind == "N":
-                    number, _, text = rest.partition(" ")
-                    failure = SandboxerError(text, code=int(number))
-                elif kind == "S":
-                    stopsig, _, nspid = rest.partition(" ")
-                    self._suspend(int(stopsig), int(nspid))
-                elif kind == "X":
-                    exit_status = int(rest)
-            if exit_status is not None or pidfd in readable:
+                self.on_status(st_r)
+            if self.exit_status is not None or pidfd in readable:
                 break
-        if failure is not None:
-            raise failure
-        if exit_status is None:
-            # unshare ended and the stage said nothing: it could not even start.
-            _pid, wstatus = os.waitpid(self.child, 0)
-            self.child = 0
-            try:
-                said = os.read(err_r, 4096).decode("utf-8", "replace").strip().splitlines()
-            except OSError:
-                said = []
-            message = said[-1] if said else ""
-            if not ready:
-                raise diagnose(message)
-            if os.WIFSIGNALED(wstatus):
-                raise SandboxerError(f"the sandbox was killed by signal {os.WTERMSIG(wstatus)}")
-            raise SandboxerError("the sandbox ended before the command did")
-        if os.WIFSIGNALED(exit_status):
-            code = 128 + os.WTERMSIG(exit_status)
-        elif os.WIFEXITED(exit_status):
-            code = os.WEXITSTATUS(exit_status)
-        else:
-            code = EXIT_FAILURE
-        return code
+        return self.on_end(err_r)
 
-    def _suspend(self, sig: int, nspid: int) -> None:
+    # ---- the handlers --------------------------------------------------------------------------
+    def _on_signal(self, sig: int, _frame: object) -> None:
+        self.pending.append(sig)
+
+    def on_setup_timeout(self) -> None:
+        raise SandboxerError(f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug")
+
+    def on_helper_died(self) -> None:
+        """The network helper died: never leave the payload without the network it was given."""
+        if self.exit_status is None and self.net is not None:
+            self._kill_sandbox()
+            raise self.net.died()
+
+    interrupted = 0
+
+    def on_signals(self, wake_r: int) -> bool:
+        """Forward the signals caught to the stage (which forwards them to the payload). During
+        setup nothing of the payload has run: end it all. True when the run is over."""
+        try:
+            os.read(wake_r, 512)
+        except OSError:
+            pass
+        sigs, self.pending = self.pending, []
+        for sig in sigs:
+            if not self.ready:
+                os.killpg(self.child, signal.SIGKILL)
+                self.interrupted = 128 + sig
+                return True
+            try:
+                os.kill(self.stage, sig)
+            except OSError:
+                pass
+        return False
+
+    def on_status(self, st_r: int) -> None:
+        """Messages from the stage (wire.STATUS), each to its handler."""
+        try:
+            data = os.read(st_r, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.status_open = False
+            return
+        self.buffer += data
+        while self.buffer:
+            if self.buffer[:1] == STATUS["ready"].encode():
+                self.buffer = self.buffer[1:]
+                self.on_ready()
+                continue
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                break
+            message = self.buffer[:end].decode("utf-8", "replace")
+            self.buffer = self.buffer[end + 1:]
+            kind, rest = message[:1], message[1:]
+            if kind == STATUS["error"]:
+                self.failure = SandboxerError(f"sandbox setup failed: {rest}")
+            elif kind == STATUS["exec"]:
+                number, _, text = rest.partition(" ")
+                self.failure = SandboxerError(text, code=int(number))
+            elif kind == STATUS["stopped"]:
+                stopsig, _, nspid = rest.partition(" ")
+                self.on_stopped(int(stopsig), int(nspid))
+            elif kind == STATUS["exit"]:
+                self.exit_status = int(rest)
+
+    def on_ready(self) -> None:
+        """The namespaces and mounts are made: start the network helper, then say go."""
+        if self.ready:
+            return
+        self.ready = True
+        self.stage = _find_child(self.child) if self.spec.pid else self.child
+        if self.spec.network is not None:
+            from . import helper
+
+            try:
+                self.net = helper.start(self.spec.network, self.stage, debug=self.debug)
+            except BaseException:
+                self._kill_sandbox()  # the payload never runs
+                raise
+        os.write(self.ctl_w, GO.encode())
+
+    def on_stopped(self, sig: int, nspid: int) -> None:
         """The payload, the terminal's foreground job, was stopped (Ctrl-Z, or it read the
         terminal in the background). Stop ourselves too, so that the caller's shell sees its job
         stopped and takes the terminal back; when continued (fg or bg), continue the payload, and
@@ -398,9 +356,33 @@ class Supervisor:
         except OSError:
             pass
 
+    def on_end(self, err_r: int) -> int:
+        """The payload's exit status (or the stage said why it could not run it, or unshare
+        ended without a word from the stage) -> sandboxer's exit status."""
+        if self.failure is not None:
+            raise self.failure
+        if self.exit_status is None:
+            _pid, wstatus = os.waitpid(self.child, 0)
+            self.child = 0
+            try:
+                said = os.read(err_r, 4096).decode("utf-8", "replace").strip().splitlines()
+            except OSError:
+                said = []
+            message = said[-1] if said else ""
+            if not self.ready:
+                raise diagnose(message)  # it could not even start
+            if os.WIFSIGNALED(wstatus):
+                raise SandboxerError(f"the sandbox was killed by signal {os.WTERMSIG(wstatus)}")
+            raise SandboxerError("the sandbox ended before the command did")
+        if os.WIFSIGNALED(self.exit_status):
+            return 128 + os.WTERMSIG(self.exit_status)
+        if os.WIFEXITED(self.exit_status):
+            return os.WEXITSTATUS(self.exit_status)
+        return EXIT_FAILURE
+
     def _kill_sandbox(self) -> None:
         try:
-            if self.recipe["pid"]:
+            if self.spec.pid:
                 os.killpg(self.child, signal.SIGKILL)  # PID 1 dies: the kernel kills the rest
             elif self.stage:
                 # no PID namespace: the stage (a subreaper) kills what the payload started
@@ -410,15 +392,6 @@ class Supervisor:
         except OSError:
             pass
 
-    def parent_side_work(self) -> None:
-        """Work done from outside once the namespaces exist: the network helper."""
-        net = self.recipe.get("net")
-        if net:
-            from .slirp import Slirp
 
-            self.net = Slirp(net, self.stage, debug=self.debug)  # type: ignore[arg-type]
-            self.net.start()
-
-
-def run(recipe: dict[str, object], argv: list[str] | None, *, debug: bool = False) -> int:
-    return Supervisor(recipe, argv, debug=debug).run()
+def run(spec: RunSpec, argv: list[str] | None, *, debug: bool = False) -> int:
+    return Supervisor(spec, argv, debug=debug).run()

@@ -14,7 +14,6 @@ from sandboxer.errors import SandboxerError
 from sandboxer.host import HostFacts
 from sandboxer.load import load
 from sandboxer.options import parse
-from sandboxer.supervise import STAGE_MAGIC, stage_config
 
 from .conftest import PROFILES, REPO
 
@@ -166,12 +165,13 @@ def test_slirp4netns_plan() -> None:
     steps = plan.describe()
     assert ("supervisor: forward 127.0.0.1:8080 -> 80/tcp (add_hostfwd over /proc/{stage}/cwd/api.sock)"
             in steps)
-    recipe = plan.recipe()
-    assert recipe["netfiles"] == ("nameserver 10.0.2.3\n", net.hosts)
-    assert json.loads(recipe["net"]["forwards"][0]) == {  # type: ignore[index]
+    spec = plan.spec()
+    assert spec.network is not None
+    assert (spec.network.resolv_conf, spec.network.hosts) == ("nameserver 10.0.2.3\n", net.hosts)
+    assert json.loads(spec.network.requests[0]) == {
         "execute": "add_hostfwd",
         "arguments": {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": 8080, "guest_port": 80}}
-    assert recipe["apidir"] is True
+    assert spec.apidir is True
 
 
 def test_slirp4netns_refuses_ipv6_forwards_while_compiling() -> None:
@@ -181,7 +181,7 @@ def test_slirp4netns_refuses_ipv6_forwards_while_compiling() -> None:
 
 
 def test_forward_requests_are_json_from_an_encoder() -> None:
-    from sandboxer.plan import Forward
+    from sandboxer.netplan import Forward
 
     request = Forward("tcp", 'fe80::1%"x}', 80, 8080).request()  # never valid, but never spliced
     assert json.loads(request)["arguments"]["host_addr"] == 'fe80::1%"x}'
@@ -225,7 +225,7 @@ def test_sandboxers_own_installation_is_read_only_first() -> None:
     assert [(op.target, op.readonly) for op in protect] == [("/opt/venv", True),
                                                            ("/home/alice/src/sandboxer", True)]
     # guards go first, so that the writable HOME bind (an rbind of a clone) carries them along
-    assert plan.recipe()["mounts"][:len(plan.guards)] == [op.recipe() for op in plan.guards]
+    assert [op.data() for op in plan.spec().mounts[:len(plan.guards)]] == [op.spec().data() for op in plan.guards]
 
 
 @pytest.mark.parametrize("args,required,accepted", [
@@ -240,7 +240,7 @@ def test_landlock_scopes_required_where_no_namespace_isolates(
     plan = plan_for(args)
     assert (plan.isolation.required, plan.isolation.accepted) == (required, accepted)
     bits = {"abstract-sockets": 1, "signals": 2}
-    assert plan.recipe()["landlock"] == sum(bits[name] for name in required)
+    assert plan.spec().landlock == sum(bits[name] for name in required)
 
 
 def test_hidden_cwd_warns_and_starts_in_home() -> None:
@@ -264,17 +264,3 @@ def test_slirp4netns_allow_host_loopback_and_no_forwards() -> None:
 def test_slirp4netns_missing() -> None:
     with pytest.raises(SandboxerError, match="slirp4netns not found"):
         plan_for(["--net", "slirp4netns"], tools={"unshare": "/usr/bin/unshare"})
-
-
-def test_stage_config_fields() -> None:
-    # the stage (C) reads NUL-terminated fields in a fixed order; the magic names the layout
-    assert f'#define CONFIG_MAGIC "{STAGE_MAGIC}"' in (REPO / "sandboxer" / "stage.c").read_text()
-    plan = plan_for([str(PROFILES / "clean-home.toml")])
-    blob = stage_config(plan.recipe(), tty=False, env={"PATH": "/usr/bin"}, argv=["true", "-x"], ppid=42)
-    fields = blob.split(b"\0")
-    assert fields[:6] == [STAGE_MAGIC.encode(), b"1", b"42", b"0", b"1", b"0"] and fields[-1] == b""
-    assert fields[-6:-1] == [b"2", b"true", b"-x", b"1", b"PATH=/usr/bin"]
-    for bad in ({"env": {"A": "x\0y"}}, {"argv": ["a\0b"]}):
-        kw: dict[str, object] = {"env": {}, "argv": ["true"], **bad}
-        with pytest.raises(SandboxerError, match="NUL"):
-            stage_config(plan.recipe(), tty=False, ppid=1, **kw)  # type: ignore[arg-type]

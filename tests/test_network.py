@@ -172,11 +172,14 @@ def test_non_loopback_forward_warns(home: Path, runtime: Path) -> None:
 
 
 def _fake(tmp_path: Path, body: str) -> Path:
-    fake = tmp_path / "fake-slirp4netns"
+    """A directory to put first on PATH, holding a fake slirp4netns (the one on PATH is used)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    fake = bindir / "slirp4netns"
     version = "" if "--version" in body else '[ "$1" = --version ] && { echo "slirp4netns version 1.2.0"; exit 0; }\n'
     fake.write_text("#!/bin/sh\n" + version + body + "\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-    return fake
+    return bindir
 
 
 @pytest.mark.parametrize("body,said", [
@@ -188,7 +191,7 @@ def test_fake_helper_fails_closed(home: Path, runtime: Path, tmp_path: Path, bod
     marker = tmp_path / "ran"
     started = time.monotonic()
     out = sbx([*NET, "--bind", str(tmp_path), *sh(f"touch {marker}")], home,
-              env=env_for(home, runtime, SANDBOXER_SLIRP4NETNS=str(fake)), timeout=20)
+              env=env_for(home, runtime, PATH=f"{fake}:/usr/local/bin:/usr/bin:/bin"), timeout=20)
     assert out.returncode == 125, out.stderr
     assert "network helper" in out.stderr and said in out.stderr, out.stderr
     assert not marker.exists()
@@ -202,7 +205,7 @@ def test_fake_helper_fails_closed(home: Path, runtime: Path, tmp_path: Path, bod
 ])
 def test_old_or_unknown_helper_refused(home: Path, runtime: Path, tmp_path: Path, body: str, said: str) -> None:
     fake = _fake(tmp_path, body)
-    out = sbx([*NET, "--", "true"], home, env=env_for(home, runtime, SANDBOXER_SLIRP4NETNS=str(fake)),
+    out = sbx([*NET, "--", "true"], home, env=env_for(home, runtime, PATH=f"{fake}:/usr/local/bin:/usr/bin:/bin"),
               timeout=20)
     assert out.returncode == 125 and said in out.stderr, out.stderr
     assert out.stderr.count("\n") == 1

@@ -30,7 +30,7 @@ def problems(tmp_path: Path, content: str | bytes, *options: str) -> list[str]:
         ("[netwrok]\nmode = 'none'\n", r"p.toml:1: netwrok: unknown key 'netwrok'; did you mean 'network'\?"),
         ("[home]\nmoed = 'host'\n", r"p.toml:2: home.moed: unknown key 'moed'; did you mean 'mode'\?"),
         ("[namespaces]\n\npid = 'yes'\n", r"p.toml:3: namespaces.pid: expected a boolean \(true or false\), got 'yes'"),
-        ("[network]\nmode = 'slirp'\n", r"p.toml:2: network.mode: expected one of 'host', 'none' or 'slirp4netns', got 'slirp'"),
+        ("[network]\nmode = 'slirp'\n", r"p.toml:2: network.mode: expected one of 'host', 'none', 'slirp4netns' or 'pasta', got 'slirp'"),
         ("[home]\nsize = '1T'\n", r"p.toml:2: home.size: expected a size such as"),
         ("[home]\nsize = 10\n", r"p.toml:2: home.size: out of range: expected at least 1048576, got 10"),
         ("[home]\nsize = '100G'\n", r"p.toml:2: home.size: out of range: expected at most"),
@@ -89,7 +89,7 @@ def test_unreadable(tmp_path: Path) -> None:
 
 def test_errors_from_flags_name_the_flag(tmp_path: Path) -> None:
     assert problems(tmp_path, "", "--net", "wifi")[0] == (
-        "option --net: expected one of 'host', 'none' or 'slirp4netns', got 'wifi'")
+        "option --net: expected one of 'host', 'none', 'slirp4netns' or 'pasta', got 'wifi'")
     assert problems(tmp_path, "", "--home-size", "3")[0].startswith("option --home-size: out of range")
     assert problems(tmp_path, "", "--hostname", "a b")[0].startswith("option --hostname: expected a hostname")
     assert problems(tmp_path, "", "--env", "noequals")[0] == "option --env: expected NAME=VALUE, got 'noequals'"
@@ -155,7 +155,7 @@ def test_forward_problems(tmp_path: Path) -> None:
         "option --forward: expected [ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]")
     assert problems(tmp_path, "", "--net", "slirp4netns", "--forward", "70000:80")[0].startswith(
         "option --forward: out of range: expected at most 65535")
-    assert "need mode = 'slirp4netns'" in problems(tmp_path, "", "--forward", "8080:80")[0]
+    assert "need mode = 'slirp4netns' or 'pasta'" in problems(tmp_path, "", "--forward", "8080:80")[0]
     assert "expected an IPv4 or IPv6 address" in problems(tmp_path, "[network]\nmode = 'slirp4netns'\n"
                                          "[[network.forwards]]\nhost_addr = 'localhost'\n"
                                          "host_port = 1\nguest_port = 2\n")[0]
