@@ -160,17 +160,24 @@ class Helper:
         text = f"{name} {status_text(status)}" if status is not None else f"{name} ended"
         return SandboxerError("network helper died", f"{text}; the sandbox was stopped")
 
-    def stop(self) -> None:
-        """Always safe: ask the helper to stop (its exit fd, else SIGTERM), SIGKILL it if it
-        lingers, collect it."""
+    def ask_stop(self) -> None:
+        """Ask the helper to stop (its exit fd, else SIGTERM), without waiting: its exit (a few
+        ms of namespace teardown in the kernel) then overlaps the sandbox's own."""
         if self.exit_w >= 0:
             os.close(self.exit_w)
             self.exit_w = -1
-        elif self.pid:
+        elif self.pid and not self.asked:
             try:
                 os.kill(self.pid, 15)  # SIGTERM
             except OSError:
                 pass
+        self.asked = True
+
+    asked = False
+
+    def stop(self) -> None:
+        """Always safe: ask the helper to stop, SIGKILL it if it lingers, collect it."""
+        self.ask_stop()
         if self.pid:
             children.reap(self.pid, STOP_TIMEOUT, self.pidfd)
             self.pid = 0

@@ -155,9 +155,10 @@ class NetworkPlan:
         lines += [
             "(",
             "    i=0",
-            "    while :; do  # unshare (exec'd below with this shell's pid) made the namespaces",
+            "    while :; do  # unshare (exec'd below with this shell's pid) made the namespaces,",
+            f"        # and the stage made {self.tap} in its network namespace",
             '        if [ "$(readlink /proc/$$/ns/net)" != "$(readlink /proc/self/ns/net)" ] &&',
-            "            grep -q . /proc/$$/uid_map 2>/dev/null; then break; fi",
+            f"            grep -q '{self.tap}:' /proc/$$/net/dev 2>/dev/null; then break; fi",
             "        i=$((i + 1)); [ $i -le 200 ] || exit 1; sleep 0.05",
             "    done",
             "    " + " ".join(argv) + " >/dev/null 2>&1 &",
@@ -176,8 +177,9 @@ class NetworkPlan:
             lines.append('    rm -f "$api"; rmdir "$netdir"')
         lines += [
             f"    # {self.backend} does not exit when the namespace dies: stop it when unshare ends",
-            "    while kill -0 $$ 2>/dev/null; do sleep 0.5; done",
-            '    kill "$helper"; wait "$helper" 2>/dev/null || true',
+            "    # (a dead unshare, even a zombie, has no namespaces left to show)",
+            '    while [ -n "$(readlink /proc/$$/ns/net 2>/dev/null)" ]; do sleep 0.2; done',
+            '    kill -KILL "$helper"; wait "$helper" 2>/dev/null || true',
             ") </dev/null &",
         ]
         return lines

@@ -202,6 +202,8 @@ class Supervisor:
             fds += [st_r, err_r, pidfd, self.ctl_w]
             return self._loop(st_r, err_r, pidfd, wake_r)
         finally:
+            if self.net is not None:
+                self.net.ask_stop()
             if self.child:
                 children.reap(self.child, REAP_TIMEOUT)  # unshare must be gone when we return
                 self.child = 0
@@ -310,6 +312,8 @@ class Supervisor:
                 self.on_stopped(int(stopsig), int(nspid))
             elif kind == STATUS["exit"]:
                 self.exit_status = int(rest)
+                if self.net is not None:
+                    self.net.ask_stop()  # the payload is done with the network
 
     def on_ready(self) -> None:
         """The namespaces and mounts are made: start the network helper, then say go."""

@@ -33,6 +33,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(base / "pytest")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses real namespaces (the `integration` fixture) carries the integration
+    marker, so `./tasks test -m "not integration"` is the fast loop of pure tests."""
+    for item in items:
+        if "integration" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @functools.cache
 def userns_problem() -> str:
     try:

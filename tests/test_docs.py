@@ -37,7 +37,18 @@ def test_committed_copy_is_up_to_date(rel: str) -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    assert docs.generated() == docs.generated()
+    """Two fresh interpreters, with different hash seeds (set and dict orders), write the same."""
+    import json
+    import sys
+
+    outputs = []
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", "import json, sandboxer.docs as d; print(json.dumps(d.generated()))"],
+                             capture_output=True, text=True, timeout=60, cwd=REPO,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert out.returncode == 0, out.stderr
+        outputs.append(json.loads(out.stdout))
+    assert outputs[0] == outputs[1] == docs.generated()
     assert docs.stale() == []
 
 

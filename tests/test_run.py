@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -58,7 +59,7 @@ def test_user_mapping(home: Path, mode: str) -> None:
     assert lines[:2] == [str(uid), str(gid)]
     assert lines[2].split() == [str(uid), "0", "1"] and lines[3].split() == [str(gid), "0", "1"]
     if mode == "self":
-        assert lines[4] == os.environ.get("USER", lines[4])
+        assert lines[4] == pwd.getpwuid(os.getuid()).pw_name
         assert lines[5].split()[1] == "0000000000000000"
     else:
         assert lines[4] == "root"
