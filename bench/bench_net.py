@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Network cost of a sandbox: sandboxer vs rootlesskit vs pasta vs slirp4netns by hand.
+"""Network cost of a sandbox: sandboxer (slirp4netns, pasta) vs rootlesskit vs pasta and
+slirp4netns by hand.
 
 Two measurements, side by side in one run, loopback only (127.0.0.1; no other address, no DNS):
 
@@ -9,9 +10,9 @@ Two measurements, side by side in one run, loopback only (127.0.0.1; no other ad
    round-robin after warm-ups, like bench.py; median, p90, and the sandboxer / other ratios.
    The profiles/web-dev.toml run (fixed port 8080) is added when that port is free.
 2. Port-forward throughput: `iperf3 -s` inside, `iperf3 -c 127.0.0.1 -p PORT -t 3 -J` on the
-   host; the receiver's bits_per_second. Through sandboxer, through slirp4netns driven by hand
-   (unshare + slirp4netns --api-socket + add_hostfwd), through rootlesskit's slirp4netns and
-   builtin port drivers, and through pasta.
+   host; the receiver's bits_per_second. Through sandboxer with either backend, through
+   slirp4netns driven by hand (unshare + slirp4netns --api-socket + add_hostfwd), through
+   rootlesskit's slirp4netns and builtin port drivers, and through pasta by hand.
 
 Run it as an unprivileged user:
 
@@ -55,6 +56,7 @@ from bench import (  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 TARGET_READY_MS = 50.0  # web-dev `-- true` median
 TARGET_TPUT_RATIO = 1.0  # sandboxer / plain slirp4netns (informational: ~1.0 means no relay)
+TARGET_PASTA_TPUT = 1.8  # sandboxer --net pasta / plain slirp4netns forward throughput
 GUEST_HTTP = 80
 GUEST_IPERF = 5201
 WEB_DEV_PORT = 8080
@@ -142,8 +144,9 @@ def stderr_of(proc: subprocess.Popen[bytes]) -> str:
 # ---------------------------------------------------------------- 1. time to network ready
 
 
-def sandboxer_argv(sandboxer: str, port: int, guest: int, payload: list[str]) -> list[str]:
-    return [sandboxer, "run", "--net", "slirp4netns", "--home", "tmpfs",
+def sandboxer_argv(sandboxer: str, port: int, guest: int, payload: list[str],
+                   net: str = "slirp4netns") -> list[str]:
+    return [sandboxer, "run", "--net", net, "--home", "tmpfs",
             "--forward", f"127.0.0.1:{port}:{guest}", "--", *payload]
 
 
@@ -180,6 +183,8 @@ def build_ready(sandboxer: str, profiles: Path, tools: dict[str, str | None],
                                 lambda p: rootlesskit_argv(rk, p, GUEST_HTTP, "slirp4netns", true)))
     pasta = tools["pasta"]
     if pasta:
+        variants.append(Variant("sandboxer --net pasta --forward", "sandboxer-pasta",
+                                lambda p: sandboxer_argv(sandboxer, p, GUEST_HTTP, true, "pasta")))
         variants.append(Variant("pasta", "pasta", lambda p: pasta_argv(pasta, p, GUEST_HTTP, true)))
     for v in variants:
         # One port per variant for the whole run, chosen now (free again after each run): a new
@@ -327,6 +332,8 @@ def tput_once(kind: str, tools: dict[str, str | None], sandboxer: str,
             return iperf_client(iperf3, port, env)
     if kind == "sandboxer":
         argv = sandboxer_argv(sandboxer, port, GUEST_IPERF, server)
+    elif kind == "sandboxer-pasta":
+        argv = sandboxer_argv(sandboxer, port, GUEST_IPERF, server, "pasta")
     elif kind.startswith("rootlesskit-"):
         rk = tools["rootlesskit"]
         assert rk
@@ -357,6 +364,7 @@ def build_tput(tools: dict[str, str | None], notes: list[str]) -> list[TputVaria
         out.append(TputVariant("rootlesskit --port-driver=slirp4netns", "rootlesskit-slirp4netns"))
         out.append(TputVariant("rootlesskit --port-driver=builtin", "rootlesskit-builtin"))
     if tools["pasta"]:
+        out.append(TputVariant("sandboxer --net pasta --forward", "sandboxer-pasta"))
         out.append(TputVariant("pasta -t", "pasta"))
     return out
 
@@ -397,10 +405,16 @@ def report(ready: list[Variant], tput: list[TputVariant], meta: dict[str, object
     ratios: dict[str, float] = {}
     parts = []
     for v in ready[1:]:
-        if v.kind in ("rootlesskit", "pasta"):
+        if v.kind in ("rootlesskit", "pasta") and ready[0].kind == "sandboxer":
             ratios[v.kind] = mine / stats[v.name]["median"]
             parts.append(f"vs {v.kind} {ratios[v.kind]:.2f}x")
     lines += ["", "  sandboxer median / other median:  " + (",  ".join(parts) or "n/a")]
+    by_ready = {v.kind: v for v in ready}
+    if "sandboxer-pasta" in by_ready and "pasta" in by_ready:
+        mine_pasta = stats[by_ready["sandboxer-pasta"].name]["median"]
+        by_hand = stats[by_ready["pasta"].name]["median"]
+        ratios["pasta_ready_vs_by_hand"] = mine_pasta / by_hand
+        lines.append(f"  sandboxer --net pasta / pasta by hand: {mine_pasta / by_hand:.2f}x")
     web = next((v for v in ready if v.kind == "sandboxer-profile"), ready[0])
     web_median = stats[web.name]["median"]
     targets: dict[str, dict[str, object]] = {
@@ -428,9 +442,26 @@ def report(ready: list[Variant], tput: list[TputVariant], meta: dict[str, object
                          f"(target ~{TARGET_TPUT_RATIO:.1f}: no relay added)")
             targets["tput_ratio_vs_slirp4netns"] = {"value": r, "target": TARGET_TPUT_RATIO,
                                                     "pass": r >= 0.9}
+        mine_pasta_t = by_kind.get("sandboxer-pasta")
+        if base and mine_pasta_t and base.name in tput_stats and mine_pasta_t.name in tput_stats:
+            r = tput_stats[mine_pasta_t.name]["median"] / tput_stats[base.name]["median"]
+            ratios["pasta_tput_vs_slirp4netns"] = r
+            lines.append(f"  sandboxer --net pasta / slirp4netns by hand throughput: {r:.2f}x "
+                         f"(target >= {TARGET_PASTA_TPUT:.1f})")
+            targets["pasta_tput_vs_slirp4netns"] = {"value": r, "target": TARGET_PASTA_TPUT,
+                                                    "pass": r >= TARGET_PASTA_TPUT}
     lines += ["", "  issue targets (informational):",
               f"    web-dev `-- true` median < {TARGET_READY_MS:.0f} ms ({web.name}): "
               f"{web_median:6.1f} ms   {verdict(web_median < TARGET_READY_MS)}"]
+    if "pasta_ready_vs_by_hand" in ratios:
+        r = ratios["pasta_ready_vs_by_hand"]
+        targets["pasta_ready_vs_by_hand"] = {"value": r, "target": 1.0, "pass": r < 1.0}
+        lines.append(f"    sandboxer --net pasta faster than pasta by hand (< 1.0x): {r:6.2f}x     "
+                     f"{verdict(r < 1.0)}")
+    if "pasta_tput_vs_slirp4netns" in targets:
+        r = ratios["pasta_tput_vs_slirp4netns"]
+        lines.append(f"    throughput sandboxer --net pasta / slirp4netns >= {TARGET_PASTA_TPUT:.1f}:  {r:6.2f}x     "
+                     f"{verdict(r >= TARGET_PASTA_TPUT)}")
     if "tput_ratio_vs_slirp4netns" in targets:
         r = ratios["tput_vs_slirp4netns"]
         lines.append(f"    throughput sandboxer / slirp4netns ~1.0 (>= 0.9):        {r:6.2f}x     "
