@@ -4,28 +4,38 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --debug --help" ;;
+        run) echo "--profile --set --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --shell --json --debug --help" ;;
+        explain) echo "--profile --set --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
+        profiles) echo "--names --debug --help" ;;
+        completion) echo "--debug --help" ;;
+        schema) echo "--debug --help" ;;
+        doctor) echo "--json --debug --help" ;;
         rootfs) echo "--sha256 --max-size --debug --help" ;;
     esac
 }
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--map|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--sha256|--max-size) return 0 ;;
+        --profile|--set|--map|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--sha256|--max-size) return 0 ;;
     esac
     return 1
 }
 
-_sandboxer_profiles() {  # profiles, and directories to descend into
+_sandboxer_profile_names() {  # the profiles found by name (sandboxer asks its search path)
+    "${COMP_WORDS[0]}" profiles --names 2>/dev/null
+}
+
+_sandboxer_profiles() {  # profile names, profile files, and directories to descend into
     compopt -o filenames 2>/dev/null
-    mapfile -t COMPREPLY < <(compgen -f -X '!*.toml' -- "$1"; compgen -d -- "$1")
+    mapfile -t COMPREPLY < <(compgen -W "$(_sandboxer_profile_names)" -- "$1"
+        compgen -f -X '!*.toml' -- "$1"; compgen -d -- "$1")
 }
 
 _sandboxer_value() {  # complete the value of option $1 from the word $2
     case $1 in
-        --profile) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
+        --profile) _sandboxer_profiles "$2" ;;
+        --set) compopt -o nospace 2>/dev/null; COMPREPLY=($(compgen -W "description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2")) ;;
         --map) COMPREPLY=($(compgen -W "self root" -- "$2")) ;;
         --home) COMPREPLY=($(compgen -W "host tmpfs" -- "$2")) ;;
         --home-size) COMPREPLY=() ;;
@@ -56,6 +66,7 @@ _sandboxer_positional() {  # complete positional argument $2 (from 0) of subcomm
     esac
     case $1:$n in
         check:0) _sandboxer_profiles "$3" ;;
+        completion:0) COMPREPLY=($(compgen -W "bash zsh fish" -- "$3")) ;;
         rootfs:0) COMPREPLY=($(compgen -W "import" -- "$3")) ;;
         rootfs:1) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$3") ;;
         rootfs:2) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3") ;;
@@ -68,13 +79,13 @@ _sandboxer() {
     local -a words=("${COMP_WORDS[@]}")
     COMPREPLY=()
     if ((cword == 1)); then
-        COMPREPLY=($(compgen -W "run check explain rootfs --help --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "run check explain profiles completion schema doctor rootfs --help --version" -- "$cur"))
         return 0
     fi
     local cmd=${words[1]} payload=""
     case $cmd in
         run|explain) payload=1 ;;
-        check|rootfs) ;;
+        check|profiles|completion|schema|doctor|rootfs) ;;
         *) return 0 ;;
     esac
     # Walk the words before the cursor: options (with their values; bash splits "--opt=value"
@@ -104,8 +115,9 @@ _sandboxer() {
             i=$((i + 2))
         elif [[ $w == -* ]]; then
             i=$((i + 1))
-        elif [[ -n $payload && -z $profile && $w == *.toml ]]; then
-            profile=$w
+        elif [[ -n $payload && -z $profile && ( $w == *.toml || " $(_sandboxer_profile_names | tr '
+' ' ') " == *" $w "* ) ]]; then
+            profile=$w  # a profile file, or a profile's name (then -- follows)
             i=$((i + 1))
         elif [[ -n $payload ]]; then
             start=$i

@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --map --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --sha256 --max-size
+            case --profile --set --map --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --sha256 --max-size
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -40,7 +40,7 @@ function __sandboxer_state
             case '*'
                 if test $payload = 0
                     set npos (math $npos + 1)
-                else if test -z "$profile"; and string match -q -- '*.toml' $w
+                else if test -z "$profile"; and begin; string match -q -- '*.toml' $w; or begin; command -q sandboxer; and contains -- $w (sandboxer profiles --names 2>/dev/null); end; end
                     set profile $w
                 else
                     printf '%s\n' $cmd payload $i "$profile" $npos
@@ -52,7 +52,8 @@ function __sandboxer_state
     printf '%s\n' $cmd options 0 "$profile" $npos
 end
 
-function __sandboxer_profiles --description 'profiles, and directories to descend into'
+function __sandboxer_profiles --description 'profile names, profile files, and directories to descend into'
+    command -q sandboxer; and sandboxer profiles --names 2>/dev/null
     __fish_complete_suffix .toml | string match -r -- '^[^\t]*(?:\.toml|/)(?:\t.*)?$'
 end
 
@@ -98,11 +99,16 @@ end
 complete -c sandboxer -f
 complete -c sandboxer -n __sandboxer_no_subcommand -a run -d 'run a command in a sandbox'
 complete -c sandboxer -n __sandboxer_no_subcommand -a check -d 'validate profiles; exit 0 if all are valid, 1 if not'
-complete -c sandboxer -n __sandboxer_no_subcommand -a explain -d 'show the compiled plan: one line per step, a shell script, or JSON'
+complete -c sandboxer -n __sandboxer_no_subcommand -a explain -d 'show the compiled plan: one line per step, a shell script, JSON, or the resolved profile'
+complete -c sandboxer -n __sandboxer_no_subcommand -a profiles -d 'list the profiles found by name, where, and which are shadowed'
+complete -c sandboxer -n __sandboxer_no_subcommand -a completion -d 'print the completion script of a shell: bash, zsh or fish'
+complete -c sandboxer -n __sandboxer_no_subcommand -a schema -d 'print the JSON Schema of profiles (for TOML editors)'
+complete -c sandboxer -n __sandboxer_no_subcommand -a doctor -d 'check what sandboxes need on this machine, each with its fix'
 complete -c sandboxer -n __sandboxer_no_subcommand -a rootfs -d 'import a root filesystem tarball into a directory, safely and as you'
 complete -c sandboxer -n __sandboxer_no_subcommand -l help -d 'show help and exit'
 complete -c sandboxer -n __sandboxer_no_subcommand -l version -d 'show the version and exit'
-complete -c sandboxer -n '__sandboxer_options run explain' -l profile -r -F -d 'the profile to use (a positional argument ending in .toml works too)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l profile -k -x -a '(__sandboxer_profiles)' -d 'the profile to use: a name found on the profile search path, or a .toml file (as a positional argument: a file ending in .toml, or a name followed by --)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
 complete -c sandboxer -n '__sandboxer_options run explain' -l map -x -a 'self root' -d 'who the command is inside: \'self\' (your uid/gid) or \'root\' (uid 0, still you outside)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home -x -a 'host tmpfs' -d 'HOME: \'host\' (your real home) or \'tmpfs\' (empty, throwaway, size-limited)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home-size -x -d 'size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)'
@@ -128,14 +134,18 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l env -x -d 'set an 
 complete -c sandboxer -n '__sandboxer_options run explain' -l keep-env -x -a '(set --names --export)' -d 'keep this variable of the caller\'s environment (NAME* keeps a prefix); repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l cwd -x -a '(__fish_complete_directories)' -d 'working directory inside (default: your cwd when visible inside, else HOME)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l accept-exposure -x -a 'abstract-sockets signals' -d 'run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this exposure: \'abstract-sockets\' (host network) or \'signals\' (no PID namespace); repeatable'
+complete -c sandboxer -n '__sandboxer_options run' -l dry-run -d 'print the plan (as explain does) and run nothing'
+complete -c sandboxer -n '__sandboxer_options profiles' -l names -d 'print the names only, one a line (for scripts and shell completion)'
+complete -c sandboxer -n '__sandboxer_options explain' -l resolved -d 'print the profile as resolved (its extends merged, flags and --set applied) and where each value comes from'
 complete -c sandboxer -n '__sandboxer_options explain' -l shell -d 'print the plan as a shell script a person can read and run'
-complete -c sandboxer -n '__sandboxer_options explain' -l json -d 'print the plan as JSON'
+complete -c sandboxer -n '__sandboxer_options explain doctor' -l json -d 'print the plan (doctor: the checks) as JSON'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l sha256 -x -d 'the tarball\'s expected SHA-256 (64 hex digits); checked before anything is unpacked'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l max-size -x -d 'write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free space of DIR\'s filesystem'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs' -l debug -d 'show Python tracebacks and the chain being run'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs' -l help -d 'show this help and exit'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor' -l debug -d 'show Python tracebacks and the chain being run'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor' -l help -d 'show this help and exit'
 complete -c sandboxer -n '__sandboxer_nth check 0+' -k -x -a '(__sandboxer_profiles)'
-complete -c sandboxer -n '__sandboxer_nth rootfs 0' -x -a import
+complete -c sandboxer -n '__sandboxer_nth completion 0' -x -a 'bash zsh fish'
+complete -c sandboxer -n '__sandboxer_nth rootfs 0' -x -a 'import'
 complete -c sandboxer -n '__sandboxer_nth rootfs 1' -F
 complete -c sandboxer -n '__sandboxer_nth rootfs 2' -x -a '(__fish_complete_directories)'
 complete -c sandboxer -n '__sandboxer_next profile' -k -a '(__sandboxer_profiles)'

@@ -27,6 +27,18 @@ def build_plan(
     """Load (from data, when given: the bytes the plan cache key was computed from), validate,
     probe the tools the plan needs, compile. Every problem found is a SandboxerError; one with a
     profile key names its file:line (or the option that set it)."""
+    return build(profile, overrides, host, argv, data)[0]
+
+
+def build(
+    profile: str | None,
+    overrides: Sequence[tuple[Opt, str, str | None]],
+    host: HostFacts,
+    argv: Sequence[str] | None = None,
+    data: bytes | None = None,
+) -> tuple[Plan, list[tuple[str, bytes]]]:
+    """build_plan(), and the files the profile was read from (its own first, then those it
+    extends), with the bytes the plan was compiled from."""
     loaded = load_located(profile, overrides, data)
     mode = loaded.profile.network.mode
     if mode in ("slirp4netns", "pasta"):
@@ -37,4 +49,4 @@ def build_plan(
         raise ProfileError([f"{loaded.where(e.loc)}: {e.message}" + (f"; {e.hint}" if e.hint else "")]) from None
     if argv:
         plan = dataclasses.replace(plan, command=tuple(argv))
-    return plan
+    return plan, loaded.sources

@@ -39,7 +39,7 @@ MAX_ENTRIES = 64
 MAX_PROFILE_BYTES = 1024 * 1024
 MAX_ENTRY_BYTES = 1 << 20
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-MAGIC = b"sandboxer-plan 3\n"
+MAGIC = b"sandboxer-plan 4\n"
 TAG_BYTES = 32
 KEY_BYTES = 32
 KEY_FILE = "key"
@@ -137,6 +137,24 @@ def read_profile_for_key(path: str) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def digest(data: bytes) -> str:
+    return str(_sha256(data).hexdigest())
+
+
+def unchanged(deps: object) -> bool:
+    """deps: ((path, digest), ...) of the files a profile extends; True if each still holds the
+    bytes the plan was compiled from."""
+    if not isinstance(deps, tuple):
+        return False
+    for dep in deps:
+        if not (isinstance(dep, tuple) and len(dep) == 2 and all(isinstance(x, str) for x in dep)):
+            return False
+        content = read_profile_for_key(dep[0])
+        if content is None or digest(content) != dep[1]:
+            return False
+    return True
 
 
 def _code_stamp() -> list[tuple[str, int, int]]:

@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:  # run from a checkout without its dependencies, say
+        if debug:
+            raise
+        print(f"sandboxer: error: sandboxer is not installed here: {e} (install it: ./tasks demo in a "
+              "checkout, or pipx install .)", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as e:  # a bug: one line unless --debug
         if debug:
             raise
@@ -74,7 +80,59 @@ def _dispatch(args: Args) -> int:
         return _explain(args)
     if args.command == "rootfs":
         return _rootfs(args)
+    if args.command == "profiles":
+        return _profiles(names_only="names" in args.flags)
+    if args.command == "completion":
+        from . import docs
+
+        sys.stdout.write(docs.generated()[docs.COMPLETIONS[args.positionals[0]]])
+        return 0
+    if args.command == "schema":
+        from . import docs
+
+        sys.stdout.write(docs.json_schema())
+        return 0
+    if args.command == "doctor":
+        from .doctor import doctor
+
+        return doctor(as_json="json" in args.flags)
     return _run(args)
+
+
+def _profile(args: Args, facts: HostFacts) -> str | None:
+    """The file of the profile the command line names (a name is looked up on the search path)."""
+    from . import search
+
+    return search.find(args.profiles[0], os.environ, facts.cwd, facts.home) if args.profiles else None
+
+
+def _profiles(*, names_only: bool = False) -> int:
+    """`sandboxer profiles`: every profile found by name, its description, where it is."""
+    from . import host, search
+
+    facts = host.gather()
+    if names_only:
+        for name in dict.fromkeys(name for name, *_rest in search.every(os.environ, facts.cwd, facts.home)):
+            print(name)
+        return 0
+    import tomllib
+
+    rows = []
+    for name, path, where, shadowed in search.every(os.environ, facts.cwd, facts.home):
+        try:
+            with open(path, "rb") as f:
+                description = str(tomllib.load(f).get("description", ""))
+        except (OSError, ValueError) as e:
+            description = f"(unreadable: {getattr(e, 'strerror', None) or e})"
+        rows.append((name, description, where + ("  (shadowed)" if shadowed else ""), path))
+    if not rows:
+        print("no profiles found", file=sys.stderr)
+        return 0
+    width = max(len(r[0]) for r in rows)
+    for name, description, where, path in rows:
+        print(printable(f"{name:<{width}}  {description}"))
+        print(printable(f"{'':<{width}}  {where}: {path}"))
+    return 0
 
 
 def _rootfs(args: Args) -> int:
@@ -100,6 +158,7 @@ def _rootfs(args: Args) -> int:
 def _check(args: Args) -> int:
     """Every check `run` makes, short of starting anything: the schema, then compiling against
     this host (mount targets, the plan cache, tools and their versions)."""
+    from . import search
     from .build import build_plan
     from .load import ProfileError
 
@@ -107,7 +166,7 @@ def _check(args: Args) -> int:
     bad = 0
     for path in args.profiles:
         try:
-            build_plan(path, args.overrides, facts)
+            build_plan(search.find(path, os.environ, facts.cwd, facts.home), args.overrides, facts)
         except ProfileError as e:
             bad += 1
             for problem in e.problems:
@@ -138,7 +197,17 @@ def _host() -> HostFacts:
 def _explain(args: Args) -> int:
     from .build import build_plan
 
-    plan = build_plan(args.profiles[0] if args.profiles else None, args.overrides, _host(), args.argv)
+    facts = _host()
+    if "resolved" in args.flags:
+        from .load import load_located
+
+        loaded = load_located(_profile(args, facts), args.overrides)
+        files = [path for path, _data in loaded.sources]
+        print(f"# {loaded.path}" + (f", extending {', '.join(files[1:])}" if len(files) > 1 else ""))
+        for line in loaded.resolved():
+            print(printable(line))
+        return 0
+    plan = build_plan(_profile(args, facts), args.overrides, facts, args.argv)
     if "json" in args.flags:
         sys.stdout.write(plan.to_json())
     elif "shell" in args.flags:
@@ -154,7 +223,13 @@ def _run(args: Args) -> int:
     from .spec import RunSpec, SpecError
 
     facts = _host()
-    profile = args.profiles[0] if args.profiles else None
+    profile = _profile(args, facts)
+    if "dry-run" in args.flags:
+        from .build import build_plan
+
+        for n, line in enumerate(build_plan(profile, args.overrides, facts, args.argv).describe(), 1):
+            print(f"{n:3}  {line}")
+        return 0
     # Read once: the plan is compiled from exactly these bytes, and stored under their key.
     data = cache.read_profile_for_key(profile) if profile else b""
     secret = cache.read_key(facts.key_dir) if facts.key_dir and facts.cache_dir else None
@@ -164,18 +239,25 @@ def _run(args: Args) -> int:
         where = os.path.join(facts.cache_dir, "plans", entry)
         try:
             stored = cache.load(facts.cache_dir, entry, secret)
-            spec = None if stored is None else RunSpec.from_data(stored)
+            if stored is not None:
+                if not isinstance(stored, tuple) or len(stored) != 2:
+                    raise SpecError("not a plan and its files")
+                spec_data, deps = stored
+                # the profiles this one extends: still the bytes it was compiled from?
+                if cache.unchanged(deps):
+                    spec = RunSpec.from_data(spec_data)
         except (cache.Rejected, SpecError) as e:
             print(printable(f"sandboxer: warning: ignoring the cached plan {where}: {e}; compiling "
                             "the profile again"), file=sys.stderr)
     if spec is None:
-        spec = _compile_in_child(args, facts, data, "debug" in args.flags)
+        spec, deps = _compile_in_child(args, facts, data, "debug" in args.flags)
         if entry and secret:
-            cache.store(facts.cache_dir, entry, spec.data(), secret)
+            cache.store(facts.cache_dir, entry, (spec.data(), deps), secret)
     return supervise.run(spec, args.argv, debug="debug" in args.flags)
 
 
-def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: bool) -> RunSpec:
+def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None,
+                      debug: bool) -> tuple[RunSpec, tuple[tuple[str, str], ...]]:
     """Validate and compile in a child process, so the supervisor never carries pydantic's
     ~30 MiB while the payload runs."""
     import marshal
@@ -187,13 +269,20 @@ def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: b
     if pid == 0:  # pragma: no cover - exercised through the CLI
         os.close(r)
         try:
-            from .build import build_plan
+            from . import cache
+            from .build import build
 
-            plan = build_plan(args.profiles[0] if args.profiles else None, args.overrides, facts,
-                              data=data if args.profiles else None)
-            out = b"K" + marshal.dumps(plan.spec().data())
+            plan, sources = build(_profile(args, facts), args.overrides, facts,
+                                  data=data if args.profiles else None)
+            # the files it extends, by the digest of the bytes compiled (its own is in the key)
+            deps = tuple((os.path.abspath(path), cache.digest(content)) for path, content in sources[1:])
+            out = b"K" + marshal.dumps((plan.spec().data(), deps))
         except SandboxerError as e:
             out = b"E" + marshal.dumps((e.message, e.hint, e.code))
+        except ModuleNotFoundError as e:
+            out = b"E" + marshal.dumps((f"sandboxer is not installed here: {e}",
+                                        "install it: ./tasks demo in a checkout, or pipx install .",
+                                        EXIT_FAILURE))
         except BaseException as e:
             import traceback
 
@@ -214,7 +303,8 @@ def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None, debug: b
     out = b"".join(chunks)
     kind, body = out[:1], out[1:]
     if kind == b"K":
-        return RunSpec.from_data(marshal.loads(body))
+        spec_data, deps = marshal.loads(body)
+        return RunSpec.from_data(spec_data), deps
     if kind == b"E":
         message, hint, code = marshal.loads(body)
         raise SandboxerError(message, hint, code)

@@ -156,6 +156,9 @@ def apply_overrides(
     """Apply command-line options onto the raw profile table; return key path -> option spelling."""
     origin: dict[Loc, str] = {}
     for opt, spelled, value in overrides:
+        if opt.kind == "set":
+            _set(raw, origin, value or "")
+            continue
         section, _, leaf = opt.key.partition(".")
         if opt.kind == "mount":
             mounts = raw.setdefault("mounts", [])
@@ -192,6 +195,39 @@ def apply_overrides(
             table[leaf] = value
             origin[(section, leaf)] = spelled
     return origin
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _set(raw: dict[str, Any], origin: dict[Loc, str], assignment: str) -> None:
+    """--set dotted.key=VALUE: VALUE is a TOML value when it parses as one (1G does not: it is
+    the string "1G"), set into the raw table as the file would have it."""
+    key, eq, text = assignment.partition("=")
+    key = key.strip()
+    if not eq or not _KEY_RE.match(key):
+        raise ProfileError([f"option --set: expected KEY=VALUE with a dotted KEY such as home.size, "
+                            f"got {assignment!r}"])
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    parts = key.split(".")
+    if parts[0] == "extends":
+        raise ProfileError(["option --set extends: extends is read from profile files only; name the "
+                            "profile to build on in a file, or give the settings as --set"])
+    table = raw
+    for depth, part in enumerate(parts[:-1]):
+        sub = table.setdefault(part, {})
+        if not isinstance(sub, dict):
+            shown = ".".join(parts[:depth + 1])
+            raise ProfileError([f"option --set {key}: {shown} is not a table, so it has no {parts[depth + 1]!r}"])
+        table = sub
+    table[parts[-1]] = value
+    loc = tuple(parts)
+    for other in [k for k in origin if k[:len(loc)] == loc]:
+        del origin[other]  # the whole value is the --set's now
+    origin[loc] = f"--set {key}"
 
 
 _FORWARD_RE = re.compile(
@@ -234,18 +270,35 @@ def _mount_from_option(name: str, spelled: str, value: str) -> dict[str, Any]:
     return mount
 
 
-class Loaded:
-    """A validated profile, and where each of its keys came from (for errors found later)."""
+MAX_CHAIN = 16  # profiles a chain of extends may hold
 
-    def __init__(self, profile: Profile, path: str, locator: Locator, origin: dict[Loc, str]) -> None:
+
+class Loaded:
+    """A validated profile, the files it was merged from, and where each of its keys came from
+    (for errors found later, and for `explain --resolved`)."""
+
+    def __init__(self, profile: Profile, path: str, origin: dict[Loc, str], files: dict[Loc, str],
+                 sources: list[tuple[str, bytes]]) -> None:
         self.profile = profile
         self.path = path
-        self.locator = locator
-        self.origin = origin
+        self.origin = origin  # options: loc -> the spelling that set it
+        self.files = files  # the chain's files: loc -> "file:line"
+        self.sources = sources  # (path, bytes) of every file of the chain, the profile's own first
 
     def where(self, loc: Loc) -> str:
         """'file:line: dotted.key' or 'option --flag', for a problem with the key at loc."""
-        return _where(loc, self.path, self.locator, self.origin)
+        return _where(loc, self.path, self.origin, self.files)
+
+    def resolved(self) -> list[str]:
+        """Every key of the merged profile, with its value and where it came from."""
+        import json
+
+        lines = []
+        for loc, value in _leaves(self.profile.model_dump(mode="json", exclude={"extends"})):
+            text = json.dumps(value, ensure_ascii=False)
+            came = _came(loc, self.origin, self.files)
+            lines.append(f"{_dotted(loc)} = {text}  # {came}")
+        return lines
 
 
 def load(
@@ -263,32 +316,128 @@ def load_located(
     data: bytes | None = None,
 ) -> Loaded:
     """load(), keeping what is needed to locate a key. With data, those bytes are the profile's
-    (the very bytes the plan cache key was computed from): the file is not read again."""
+    (the very bytes the plan cache key was computed from): the file is not read again. A profile
+    that extends others is merged over them (see _merge)."""
     raw: dict[str, Any] = {}
-    text = ""
+    files: dict[Loc, str] = {}
+    sources: list[tuple[str, bytes]] = []
     shown = path or "(command line)"
     if path is not None:
-        raw, text = parse_toml(path, read_profile(path) if data is None else data)
+        raw, files, sources = _read_chain(path, data, [])
     origin = apply_overrides(raw, overrides)
-    locator = Locator(text)
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as e:
-        problems = [f"{_where(tuple(err['loc']), shown, locator, origin)}: {_what(err, tuple(err['loc']))}"
+        problems = [f"{_where(tuple(err['loc']), shown, origin, files)}: {_what(err, tuple(err['loc']))}"
                     for err in e.errors()]
         raise ProfileError(problems) from None
     except RecursionError:
         raise ProfileError([f"{shown}: nesting is too deep"]) from None
-    return Loaded(profile, shown, locator, origin)
+    return Loaded(profile, shown, origin, files, sources)
 
 
-def _where(loc: Loc, path: str, locator: Locator, origin: dict[Loc, str]) -> str:
+def _read_chain(path: str, data: bytes | None, chain: list[str]) -> tuple[dict[str, Any], dict[Loc, str],
+                                                                         list[tuple[str, bytes]]]:
+    """The profile at path merged over the profiles it extends, in order: (table, where each key
+    came from, the files read)."""
+    import os
+
+    from . import search
+
+    content = read_profile(path) if data is None else data
+    raw, text = parse_toml(path, content)
+    locator = Locator(text)
+    # every table header and key the file spells, with its line (the longest prefix of a key's
+    # path is where a problem with it is shown)
+    files = {loc: f"{path}:{line}" for loc, line in locator.lines.items()}
+    parents = raw.pop("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p for p in parents):
+        raise ProfileError([f"{path}:{locator.line(('extends',)) or 1}: extends: expected a list of "
+                            f"profile names or paths, got {_given(parents)}"])
+    here = os.path.realpath(path)
+    trail = [*chain, here]
+    merged: dict[str, Any] = {}
+    merged_files: dict[Loc, str] = {}
+    sources = [(path, content)]
+    for ref in parents:
+        if search.is_path(ref):
+            parent = ref if ref.startswith("/") else os.path.join(os.path.dirname(path), ref)
+        else:
+            try:
+                parent = search.find(ref, os.environ, os.getcwd(), os.environ.get("HOME", "/"))
+            except SandboxerError as e:
+                raise ProfileError([f"{path}:{locator.line(('extends',)) or 1}: extends: {e.message}"]) from None
+        if os.path.realpath(parent) in trail:
+            names = " -> ".join([*chain, here, os.path.realpath(parent)])
+            raise ProfileError([f"{path}: extends: a cycle: {names}; remove one of the links"])
+        if len(trail) >= MAX_CHAIN:
+            raise ProfileError([f"{path}: extends: more than {MAX_CHAIN} profiles in a chain"])
+        praw, pfiles, psources = _read_chain(parent, None, trail)
+        _merge(merged, praw, merged_files, pfiles, ())
+        sources += psources
+    _merge(merged, raw, merged_files, files, ())
+    return merged, merged_files, sources
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any], dst_files: dict[Loc, str], src_files: dict[Loc, str],
+           prefix: Loc) -> None:
+    """src over dst: tables merge key by key, `mounts` accumulate (dst's first), anything else
+    (other lists included) is replaced whole."""
+    for key, value in src.items():
+        loc = (*prefix, key)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, dst_files, src_files, loc)
+            continue
+        if loc == ("mounts",) and isinstance(value, list) and isinstance(dst.get(key), list):
+            offset = len(dst[key])
+            dst[key] = [*dst[key], *value]
+            for floc, where in src_files.items():
+                if floc[:1] == loc and len(floc) > 1 and isinstance(floc[1], int):
+                    dst_files[(key, floc[1] + offset, *floc[2:])] = where
+            continue
+        dst[key] = value
+        for floc in [f for f in dst_files if f[:len(loc)] == loc]:
+            del dst_files[floc]
+        dst_files.update({f: w for f, w in src_files.items() if f[:len(loc)] == loc})
+
+
+def _leaves(table: Any, prefix: Loc = ()) -> list[tuple[Loc, Any]]:
+    """(loc, value) of every leaf: scalars and lists of scalars; tables and lists of tables are
+    walked into."""
+    out: list[tuple[Loc, Any]] = []
+    if isinstance(table, dict) and table:
+        for key, value in table.items():
+            out += _leaves(value, (*prefix, key))
+    elif isinstance(table, list) and table and all(isinstance(v, dict) for v in table):
+        for index, value in enumerate(table):
+            out += _leaves(value, (*prefix, index))
+    else:
+        out.append((prefix, table))
+    return out
+
+
+def _came(loc: Loc, origin: dict[Loc, str], files: dict[Loc, str]) -> str:
+    """Where the value at loc was set: an option (which may set a whole table: --bind sets a
+    mount), the file and line that spell the key, else the default."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origin:
+            return origin[loc[:end]]
+    return files.get(loc, "default")
+
+
+def _where(loc: Loc, path: str, origin: dict[Loc, str], files: dict[Loc, str]) -> str:
     for end in range(len(loc), 0, -1):
         if loc[:end] in origin:
             return f"option {origin[loc[:end]]}"
-    line = locator.line(loc)
-    where = f"{path}:{line}" if line else path
-    return f"{where}: {_dotted(loc) or '(top level)'}"
+    for key, spelled in origin.items():  # an option set something inside the table at loc
+        if loc and key[:len(loc)] == loc:
+            return f"option {spelled}"
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in files:
+            return f"{files[loc[:end]]}: {_dotted(loc) or '(top level)'}"
+    return f"{path}: {_dotted(loc) or '(top level)'}"
 
 
 def _dotted(loc: Loc) -> str:

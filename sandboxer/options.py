@@ -14,9 +14,10 @@ class Opt:
     """One command-line option.
 
     kind: "choice" | "value" | "bool" (with a --no- twin) | "mount" | "env" | "append" | "forward"
-          | "flag"
+          | "set" | "flag"
     key: the profile key it overrides (dotted), or "" for options of the command line itself.
-    complete: how shells complete its value: "choices", "file", "dir", "env", "" (anything).
+    complete: how shells complete its value: "choices", "file", "dir", "env", "profile", "set",
+          "" (anything).
     """
 
     __slots__ = ("name", "kind", "key", "metavar", "choices", "help", "complete", "scopes")
@@ -56,22 +57,57 @@ class Opt:
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": (
         "run a command in a sandbox",
-        "sandboxer run [OPTIONS] [PROFILE.toml] [OPTIONS] [--] [COMMAND [ARG...]]",
+        "sandboxer run [OPTIONS] [PROFILE] [OPTIONS] [--] [COMMAND [ARG...]]",
     ),
-    "check": ("validate profiles; exit 0 if all are valid, 1 if not", "sandboxer check PROFILE.toml..."),
+    "check": ("validate profiles; exit 0 if all are valid, 1 if not", "sandboxer check PROFILE..."),
     "explain": (
-        "show the compiled plan: one line per step, a shell script, or JSON",
-        "sandboxer explain [--shell|--json] [OPTIONS] [PROFILE.toml] [OPTIONS] [--] [COMMAND [ARG...]]",
+        "show the compiled plan: one line per step, a shell script, JSON, or the resolved profile",
+        "sandboxer explain [--shell|--json|--resolved] [OPTIONS] [PROFILE] [OPTIONS] [--] [COMMAND [ARG...]]",
     ),
+    "profiles": ("list the profiles found by name, where, and which are shadowed",
+                 "sandboxer profiles [--names]"),
+    "completion": ("print the completion script of a shell: bash, zsh or fish",
+                   "sandboxer completion bash|zsh|fish"),
+    "schema": ("print the JSON Schema of profiles (for TOML editors)", "sandboxer schema"),
+    "doctor": ("check what sandboxes need on this machine, each with its fix", "sandboxer doctor [--json]"),
     "rootfs": (
         "import a root filesystem tarball into a directory, safely and as you",
         "sandboxer rootfs import [--sha256 HEX] [--max-size SIZE] TARBALL DIR",
     ),
 }
 
+# Examples of each command, for its --help and the man page.
+EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "run": (
+        ("an empty, throwaway HOME, the host's network", "sandboxer run clean-home -- bash"),
+        ("ad hoc, over the safe defaults (no network, tmpfs HOME)", "sandboxer run --net none -- make"),
+        ("a project under your home, built in it", "cd ~/project && sandboxer run offline --bind . -- make"),
+        ("any key of a profile, on the command line", "sandboxer run offline --set home.size=1G -- npm ci"),
+        ("what would run, without running it", "sandboxer run web-dev --dry-run -- python3 -m http.server 80"),
+    ),
+    "check": (("validate profiles", "sandboxer check profiles/*.toml ~/.config/sandboxer/profiles/mine.toml"),),
+    "explain": (
+        ("the plan, one line per step", "sandboxer explain offline"),
+        ("the same chain as a shell script", "sandboxer explain --shell offline -- make"),
+        ("the profile as merged, and where each value comes from", "sandboxer explain --resolved web-dev"),
+    ),
+    "rootfs": (("unpack a minirootfs, checked", "sandboxer rootfs import --sha256 HEX alpine.tar.gz ~/rootfs/alpine"),),
+    "profiles": (("every profile found by name", "sandboxer profiles"),),
+    "completion": (("install bash's completion for yourself",
+                    "sandboxer completion bash > ~/.local/share/bash-completion/completions/sandboxer"),),
+    "schema": (("the schema beside your profiles, for Taplo or Even Better TOML",
+                "sandboxer schema > ~/.config/sandboxer/profiles/sandboxer-profile.schema.json"),),
+    "doctor": (("what sandboxes need, checked here", "sandboxer doctor"),),
+}
+
 OPTIONS: tuple[Opt, ...] = (
-    Opt("profile", kind="value", metavar="FILE", complete="file",
-        help="the profile to use (a positional argument ending in .toml works too)"),
+    Opt("profile", kind="value", metavar="NAME|FILE", complete="profile",
+        help="the profile to use: a name found on the profile search path, or a .toml file (as a "
+             "positional argument: a file ending in .toml, or a name followed by --)"),
+    Opt("set", kind="set", metavar="KEY=VALUE", complete="set",
+        help="set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, "
+             "'env.keep=[\"EDITOR\"]'; not TOML: a string); repeatable; flags and --set apply in the "
+             "order given"),
     Opt("map", kind="choice", key="user.map", metavar="MODE", choices=("self", "root"),
         complete="choices",
         help="who the command is inside: 'self' (your uid/gid) or 'root' (uid 0, still you outside)"),
@@ -123,17 +159,26 @@ OPTIONS: tuple[Opt, ...] = (
         choices=("abstract-sockets", "signals"), complete="choices",
         help="run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this "
              "exposure: 'abstract-sockets' (host network) or 'signals' (no PID namespace); repeatable"),
+    Opt("dry-run", kind="flag", scopes=("run",), help="print the plan (as explain does) and run nothing"),
+    Opt("names", kind="flag", scopes=("profiles",), help="print the names only, one a line (for scripts "
+        "and shell completion)"),
+    Opt("resolved", kind="flag", scopes=("explain",),
+        help="print the profile as resolved (its extends merged, flags and --set applied) and where "
+             "each value comes from"),
     Opt("shell", kind="flag", scopes=("explain",),
         help="print the plan as a shell script a person can read and run"),
-    Opt("json", kind="flag", scopes=("explain",), help="print the plan as JSON"),
+    Opt("json", kind="flag", scopes=("explain", "doctor"), help="print the plan (doctor: the checks) as JSON"),
     Opt("sha256", kind="value", metavar="HEX", scopes=("rootfs",),
         help="the tarball's expected SHA-256 (64 hex digits); checked before anything is unpacked"),
     Opt("max-size", kind="value", metavar="SIZE", scopes=("rootfs",),
         help="write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free "
              "space of DIR's filesystem"),
-    Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs"),
+    Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
+                                      "schema", "doctor"),
         help="show Python tracebacks and the chain being run"),
-    Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs"), help="show this help and exit"),
+    Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
+                                     "schema", "doctor"),
+        help="show this help and exit"),
 )
 
 BY_SPELLING: dict[str, Opt] = {s: o for o in OPTIONS for s in o.spellings()}
@@ -171,7 +216,9 @@ def parse(argv: Sequence[str]) -> Args:
     if command == "--version":
         return Args("version")
     if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+        best = _closest(command, list(COMMANDS))
+        hint = f"did you mean {best!r}? " if best else ""
+        raise UsageError(f"unknown command {command!r}; {hint}expected one of {', '.join(COMMANDS)}")
     args = Args(command)
     rest = list(argv[1:])
     i = 0
@@ -214,9 +261,11 @@ def parse(argv: Sequence[str]) -> Args:
             raise UsageError(f"unknown option {tok!r}; options are spelled --name (see --help)")
         if command == "check":
             args.profiles.append(tok)
-        elif command == "rootfs":
+        elif command in ("rootfs", "profiles", "completion", "schema", "doctor"):
             args.positionals.append(tok)
-        elif not args.profiles and tok.endswith(".toml"):
+        elif not args.profiles and (tok.endswith(".toml") or "--" in rest[i:]):
+            # a file ending in .toml, or a word with -- after it, names the profile: `run make`
+            # runs make, `run build -- make` runs make in the profile `build`
             args.profiles.append(tok)
             args.tokens += ("--profile", tok)
         else:
@@ -229,6 +278,12 @@ def parse(argv: Sequence[str]) -> Args:
         raise UsageError("check needs at least one profile")
     if command == "rootfs" and "help" not in args.flags:
         _check_rootfs(args.positionals)
+    if command in ("profiles", "schema", "doctor") and args.positionals:
+        raise UsageError(f"{command} takes no arguments, got {args.positionals[0]!r}")
+    if command == "completion" and "help" not in args.flags and (
+            len(args.positionals) != 1 or args.positionals[0] not in ("bash", "zsh", "fish")):
+        raise UsageError("completion needs one shell: bash, zsh or fish "
+                         "(e.g. sandboxer completion bash > ~/.local/share/bash-completion/completions/sandboxer)")
     return args
 
 
@@ -277,4 +332,7 @@ def help_text(command: str | None = None) -> str:
             spelled = f"--{opt.name} {{{','.join(opt.choices)}}}"
         lines.append(f"  {spelled}")
         lines.append(f"      {opt.help}")
+    lines += ["", "examples:"]
+    for what, example in EXAMPLES.get(command, ()):
+        lines += [f"  {example}", f"      {what}"]
     return "\n".join(lines) + "\n"

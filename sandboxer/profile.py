@@ -288,6 +288,12 @@ class Profile(_Section):
     """A sandboxer profile: how isolated a command should be."""
 
     description: Text = Field("", description="one line saying what the profile is for")
+    extends: list[Text] = Field(
+        default_factory=list,
+        description="profiles this one builds on, merged in order (names, or paths relative to this "
+        "file); later over earlier, this file over all: tables merge key by key, [[mounts]] "
+        "accumulate, any other value (lists included) is replaced",
+    )
     user: User = User()
     home: Home = Home()
     tmp: Tmp = Tmp()

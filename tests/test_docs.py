@@ -84,13 +84,17 @@ def test_man_page_documents_every_option() -> None:
     text = _plain(_render("sandboxer.1").stdout)
     for spelling in SPELLINGS:
         assert spelling in text, spelling
-    for section in ("NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "FILES", "EXAMPLES", "SEE ALSO",
-                    "HOW IT WORKS"):
+    for section in ("NAME", "SYNOPSIS", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES",
+                    "SEE ALSO", "HOW IT WORKS", "ISOLATION", "NETWORK"):
         assert f"\n{section}\n" in text, section
+    from sandboxer.options import COMMANDS, EXAMPLES
+
+    for command in COMMANDS:  # every command, its usage and its examples
+        assert f"sandboxer {command}" in text, command
+        for _what, example in EXAMPLES[command]:
+            assert " ".join(example.split()) in " ".join(text.split()), example
     for needle in ("125", "126", "127", "128+N", "$XDG_CACHE_HOME/sandboxer/plans",
-                   "sandboxer run profiles/clean-home.toml -- bash",
-                   "sandboxer run --net none --home tmpfs -- make",
-                   "sandboxer explain --shell profiles/offline.toml",
+                   "~/.local/state/sandboxer/key", "$XDG_CONFIG_HOME/sandboxer/profiles",
                    "sandboxer-profile(5)", "unshare(1)", "user_namespaces(7)", "TIOCSTI"):
         assert needle in text, needle
     source = (REPO / "man" / "sandboxer.1").read_text()
@@ -151,10 +155,10 @@ printf '%s\n' "${COMPREPLY[@]}"
 """
 
 
-def bash_complete(line: str, cwd: Path | None = None) -> list[str]:
+def bash_complete(line: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> list[str]:
     bash = _tool("bash")
     out = subprocess.run([bash, "--norc", "--noprofile", "-c", BASH_DRIVER, "bash", str(BASH_COMPLETION), line],
-                         capture_output=True, text=True, timeout=10, cwd=cwd or REPO)
+                         capture_output=True, text=True, timeout=10, cwd=cwd or REPO, env=env)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     return [w for w in out.stdout.splitlines() if w]
 
@@ -246,3 +250,40 @@ def test_fish_completes(tmp_path: Path) -> None:
     assert set(fish_complete("sandboxer run --map ", tmp_path)) == {"self", "root"}
     assert "--shell" in fish_complete("sandboxer explain --sh", tmp_path)
     assert fish_complete("sandboxer check ", tmp_path) == ["a.toml"]
+
+
+def _with_sandboxer(home: Path) -> dict[str, str]:
+    """A shell environment where `sandboxer` is on PATH and HOME has a profile of its own."""
+    from .conftest import BIN
+
+    mine = home / ".config" / "sandboxer" / "profiles"
+    mine.mkdir(parents=True, exist_ok=True)
+    (mine / "mine.toml").write_text("")
+    return {**os.environ, "PATH": f"{BIN.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(home)}
+
+
+def test_bash_completes_profile_names_and_set_keys(home: Path, tmp_path: Path) -> None:
+    env = _with_sandboxer(home)
+    assert "clean-home" in bash_complete("sandboxer run cle", tmp_path, env)
+    assert bash_complete("sandboxer run mi", tmp_path, env) == ["mine"]
+    assert "clean-home" in bash_complete("sandboxer check cle", tmp_path, env)
+    assert "clean-home" in bash_complete("sandboxer run --profile cle", tmp_path, env)
+    # a profile's name, then options, then the command after --
+    assert "--net" in bash_complete("sandboxer run clean-home --ne", tmp_path, env)
+    assert "bash" in bash_complete("sandboxer run clean-home -- bas", tmp_path, env)
+    got = set(bash_complete("sandboxer run --set home.", tmp_path, env))
+    assert got == {"home.mode=host", "home.mode=tmpfs", "home.size="}
+    assert set(bash_complete("sandboxer run --set namespaces.pid", tmp_path, env)) == {
+        "namespaces.pid=true", "namespaces.pid=false"}
+
+
+def test_fish_completes_profile_names(home: Path, tmp_path: Path) -> None:
+    fish = _tool("fish")
+    env = _with_sandboxer(home)
+    script = 'source $argv[1]; complete -C $argv[2]'
+    for line, expected in (("sandboxer run mi", "mine"), ("sandboxer run --set network.mode=", "network.mode=pasta")):
+        out = subprocess.run([fish, "--no-config", "-c", script, str(REPO / "completions" / "sandboxer.fish"), line],
+                             capture_output=True, text=True, timeout=10, cwd=tmp_path, env=env)
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+        assert expected in [w.split("\t")[0] for w in out.stdout.splitlines()], out.stdout
+

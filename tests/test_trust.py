@@ -40,15 +40,16 @@ def py(script: str, *args: str) -> list[str]:
 TAMPER = r"""
 import marshal, os, sys
 plans, marker, how = sys.argv[1:4]
-MAGIC = b"sandboxer-plan 3\n"
+MAGIC = b"sandboxer-plan 4\n"
 evil = ["/bin/sh", "-c", "touch " + marker]
 for name in os.listdir(plans):
     path = os.path.join(plans, name)
     blob = open(path, "rb").read()
     head = len(MAGIC) + 32
-    spec = list(marshal.loads(blob[head:]))  # RunSpec.data(): (version, outer, ...)
+    spec_data, deps = marshal.loads(blob[head:])  # (RunSpec.data(): (version, outer, ...), files)
+    spec = list(spec_data)
     spec[1] = tuple(evil)
-    body = marshal.dumps(tuple(spec))
+    body = marshal.dumps((tuple(spec), deps))
     if how == "altered":      # the entry's own tag, a changed plan
         out = blob[:head] + body
     elif how == "forged":     # a tag made under a key the payload guessed
