@@ -255,6 +255,10 @@ def build_variants(sandboxer: str, profiles: Path, env: dict[str, str],
             raise BenchError(f"no profile {path} (see --profiles)")
         variants.append(Variant(f"sandboxer {profile}", "sandboxer", profile,
                                 [sandboxer, "run", str(path), "--", "true"]))
+        if profile == "clean-home":
+            # the same shipped profile by name: the search path costs what it costs
+            variants.append(Variant(f"sandboxer {profile} (by name)", "by-name", profile,
+                                    [sandboxer, "run", profile, "--", "true"]))
         if baseline:
             variants.append(Variant(f"baseline {profile}", "baseline", profile,
                                     [baseline, "run", str(path), "--", "true"]))
@@ -337,6 +341,12 @@ def report(variants: list[Variant], rss: dict[str, float], meta: dict[str, objec
             costs[profile] = cost
             lines.append(f"    {profile:<10}  {cost:+.2f} ms   (target: within {TARGET_COST_MS:.0f} ms) "
                          f"{verdict(cost <= TARGET_COST_MS)}")
+    if ("by-name", "clean-home") in by_kind:
+        by_name = (stats[by_kind[("by-name", "clean-home")].name]["median"]
+                   - stats[by_kind[("sandboxer", "clean-home")].name]["median"])
+        ratios["by_name_minus_by_path_ms"] = {"clean-home": by_name}
+        lines += ["", f"  clean-home by name - by path: {by_name:+.2f} ms   (target: within 1 ms) "
+                      f"{verdict(by_name <= 1.0)}"]
     median = stats[by_kind[("sandboxer", "clean-home")].name]["median"]
     targets = {
         "clean_home_median_ms": {"value": median, "target": TARGET_MEDIAN_MS,

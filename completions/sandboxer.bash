@@ -35,24 +35,24 @@ _sandboxer_profiles() {  # profile names, profile files, and directories to desc
 _sandboxer_value() {  # complete the value of option $1 from the word $2
     case $1 in
         --profile) _sandboxer_profiles "$2" ;;
-        --set) compopt -o nospace 2>/dev/null; COMPREPLY=($(compgen -W "description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2")) ;;
-        --map) COMPREPLY=($(compgen -W "self root" -- "$2")) ;;
-        --home) COMPREPLY=($(compgen -W "host tmpfs" -- "$2")) ;;
+        --set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2") ;;
+        --map) mapfile -t COMPREPLY < <(compgen -W "self root" -- "$2") ;;
+        --home) mapfile -t COMPREPLY < <(compgen -W "host tmpfs" -- "$2") ;;
         --home-size) COMPREPLY=() ;;
         --tmp-size) COMPREPLY=() ;;
-        --net) COMPREPLY=($(compgen -W "host none slirp4netns pasta" -- "$2")) ;;
+        --net) mapfile -t COMPREPLY < <(compgen -W "host none slirp4netns pasta" -- "$2") ;;
         --forward) COMPREPLY=() ;;
         --hostname) COMPREPLY=() ;;
         --bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
         --ro-bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
         --tmpfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
         --rootfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
-        --root-switch) COMPREPLY=($(compgen -W "pivot_root chroot" -- "$2")) ;;
-        --rootfs-writes) COMPREPLY=($(compgen -W "persist read-only overlay" -- "$2")) ;;
+        --root-switch) mapfile -t COMPREPLY < <(compgen -W "pivot_root chroot" -- "$2") ;;
+        --rootfs-writes) mapfile -t COMPREPLY < <(compgen -W "persist read-only overlay" -- "$2") ;;
         --env) COMPREPLY=() ;;
-        --keep-env) COMPREPLY=($(compgen -v -- "$2")) ;;
+        --keep-env) mapfile -t COMPREPLY < <(compgen -v -- "$2") ;;
         --cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
-        --accept-exposure) COMPREPLY=($(compgen -W "abstract-sockets signals" -- "$2")) ;;
+        --accept-exposure) mapfile -t COMPREPLY < <(compgen -W "abstract-sockets signals" -- "$2") ;;
         --sha256) COMPREPLY=() ;;
         --max-size) COMPREPLY=() ;;
         *) COMPREPLY=() ;;
@@ -66,8 +66,8 @@ _sandboxer_positional() {  # complete positional argument $2 (from 0) of subcomm
     esac
     case $1:$n in
         check:0) _sandboxer_profiles "$3" ;;
-        completion:0) COMPREPLY=($(compgen -W "bash zsh fish" -- "$3")) ;;
-        rootfs:0) COMPREPLY=($(compgen -W "import" -- "$3")) ;;
+        completion:0) mapfile -t COMPREPLY < <(compgen -W "bash zsh fish" -- "$3") ;;
+        rootfs:0) mapfile -t COMPREPLY < <(compgen -W "import" -- "$3") ;;
         rootfs:1) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$3") ;;
         rootfs:2) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3") ;;
         *) COMPREPLY=() ;;
@@ -79,7 +79,7 @@ _sandboxer() {
     local -a words=("${COMP_WORDS[@]}")
     COMPREPLY=()
     if ((cword == 1)); then
-        COMPREPLY=($(compgen -W "run check explain profiles completion schema doctor rootfs --help --version" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "run check explain profiles completion schema doctor rootfs --help --version" -- "$cur")
         return 0
     fi
     local cmd=${words[1]} payload=""
@@ -143,7 +143,7 @@ _sandboxer() {
         return 0
     fi
     if [[ $cur == -* && -z $dashdash ]]; then
-        COMPREPLY=($(compgen -W "$(_sandboxer_options "$cmd")" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$(_sandboxer_options "$cmd")" -- "$cur")
         return 0
     fi
     if [[ -z $payload ]]; then

@@ -684,16 +684,16 @@ def bash_completion() -> str:
     cases = []
     for opt in _value_opts():
         if opt.complete == "choices":
-            action = f'COMPREPLY=($(compgen -W "{" ".join(opt.choices)}" -- "$2"))'
+            action = f'mapfile -t COMPREPLY < <(compgen -W "{" ".join(opt.choices)}" -- "$2")'
         elif opt.complete == "env":
-            action = 'COMPREPLY=($(compgen -v -- "$2"))'
+            action = 'mapfile -t COMPREPLY < <(compgen -v -- "$2")'
         elif opt.complete in ("file", "dir"):
             action = _BASH_FILES[opt.complete].replace("$3", "$2")
         elif opt.complete == "profile":
             action = '_sandboxer_profiles "$2"'
         elif opt.complete == "set":
-            action = (f'compopt -o nospace 2>/dev/null; COMPREPLY=($(compgen -W "{" ".join(set_words())}" '
-                      '-- "$2"))')
+            action = (f'compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "{" ".join(set_words())}" '
+                      '-- "$2")')
         else:
             action = "COMPREPLY=()"
         cases.append(f"        --{opt.name}) {action} ;;")
@@ -707,7 +707,7 @@ def bash_completion() -> str:
             clamps.append(f"        {command}) ((n > {len(specs) - 1})) && n={len(specs) - 1} ;;")
         for n, spec in enumerate(specs):
             if spec.startswith("word:"):
-                action = f'COMPREPLY=($(compgen -W "{spec[5:]}" -- "$3"))'
+                action = f'mapfile -t COMPREPLY < <(compgen -W "{spec[5:]}" -- "$3")'
             else:
                 action = _BASH_FILES[spec]
             pos_cases.append(f"        {command}:{n}) {action} ;;")
@@ -762,7 +762,7 @@ _sandboxer() {{
     local -a words=("${{COMP_WORDS[@]}}")
     COMPREPLY=()
     if ((cword == 1)); then
-        COMPREPLY=($(compgen -W "{" ".join(COMMANDS)} --help --version" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "{" ".join(COMMANDS)} --help --version" -- "$cur")
         return 0
     fi
     local cmd=${{words[1]}} payload=""
@@ -825,7 +825,7 @@ _sandboxer() {{
         return 0
     fi
     if [[ $cur == -* && -z $dashdash ]]; then
-        COMPREPLY=($(compgen -W "$(_sandboxer_options "$cmd")" -- "$cur"))
+        mapfile -t COMPREPLY < <(compgen -W "$(_sandboxer_options "$cmd")" -- "$cur")
         return 0
     fi
     if [[ -z $payload ]]; then

@@ -287,3 +287,10 @@ def test_fish_completes_profile_names(home: Path, tmp_path: Path) -> None:
         assert out.returncode == 0 and out.stderr == "", out.stderr
         assert expected in [w.split("\t")[0] for w in out.stdout.splitlines()], out.stdout
 
+
+
+def test_the_generated_bash_passes_shellcheck() -> None:
+    shellcheck = _tool("shellcheck")
+    out = subprocess.run([shellcheck, "-s", "bash", str(BASH_COMPLETION)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
