@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 
 STAGE_EXT = "sandboxer.sandboxer_stage"
 STAGE_FILE = "sandboxer-stage"
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong", "-fPIE"]
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong", "-fPIE"]
 LDFLAGS = ["-pie", "-s", "-Wl,-z,relro,-z,now"]
 
 

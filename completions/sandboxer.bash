@@ -4,20 +4,21 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --set --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
+        run) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --set --map --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
+        explain) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
         profiles) echo "--names --debug --help" ;;
         completion) echo "--debug --help" ;;
         schema) echo "--debug --help" ;;
         doctor) echo "--json --debug --help" ;;
+        idmap) echo "--map --user --scheme --host --debug --help" ;;
         rootfs) echo "--sha256 --max-size --debug --help" ;;
     esac
 }
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--set|--map|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--sha256|--max-size) return 0 ;;
+        --profile|--set|--map|--user|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--scheme|--sha256|--max-size) return 0 ;;
     esac
     return 1
 }
@@ -32,29 +33,32 @@ _sandboxer_profiles() {  # profile names, profile files, and directories to desc
         compgen -f -X '!*.toml' -- "$1"; compgen -d -- "$1")
 }
 
-_sandboxer_value() {  # complete the value of option $1 from the word $2
+_sandboxer_value() {  # complete the value of option $1 (as COMMAND:--option) from the word $2
     case $1 in
-        --profile) _sandboxer_profiles "$2" ;;
-        --set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2") ;;
-        --map) mapfile -t COMPREPLY < <(compgen -W "self root" -- "$2") ;;
-        --home) mapfile -t COMPREPLY < <(compgen -W "host tmpfs" -- "$2") ;;
-        --home-size) COMPREPLY=() ;;
-        --tmp-size) COMPREPLY=() ;;
-        --net) mapfile -t COMPREPLY < <(compgen -W "host none slirp4netns pasta" -- "$2") ;;
-        --forward) COMPREPLY=() ;;
-        --hostname) COMPREPLY=() ;;
-        --bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
-        --ro-bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
-        --tmpfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
-        --rootfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
-        --root-switch) mapfile -t COMPREPLY < <(compgen -W "pivot_root chroot" -- "$2") ;;
-        --rootfs-writes) mapfile -t COMPREPLY < <(compgen -W "persist read-only overlay" -- "$2") ;;
-        --env) COMPREPLY=() ;;
-        --keep-env) mapfile -t COMPREPLY < <(compgen -v -- "$2") ;;
-        --cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
-        --accept-exposure) mapfile -t COMPREPLY < <(compgen -W "abstract-sockets signals" -- "$2") ;;
-        --sha256) COMPREPLY=() ;;
-        --max-size) COMPREPLY=() ;;
+        run:--profile|explain:--profile) _sandboxer_profiles "$2" ;;
+        run:--set|explain:--set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2") ;;
+        run:--map|explain:--map|idmap:--map) mapfile -t COMPREPLY < <(compgen -W "self root auto keep-id" -- "$2") ;;
+        run:--user|explain:--user) COMPREPLY=() ;;
+        run:--home|explain:--home) mapfile -t COMPREPLY < <(compgen -W "host tmpfs" -- "$2") ;;
+        run:--home-size|explain:--home-size) COMPREPLY=() ;;
+        run:--tmp-size|explain:--tmp-size) COMPREPLY=() ;;
+        run:--net|explain:--net) mapfile -t COMPREPLY < <(compgen -W "host none slirp4netns pasta" -- "$2") ;;
+        run:--forward|explain:--forward) COMPREPLY=() ;;
+        run:--hostname|explain:--hostname) COMPREPLY=() ;;
+        run:--bind|explain:--bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
+        run:--ro-bind|explain:--ro-bind) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
+        run:--tmpfs|explain:--tmpfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        run:--rootfs|explain:--rootfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        run:--root-switch|explain:--root-switch) mapfile -t COMPREPLY < <(compgen -W "pivot_root chroot" -- "$2") ;;
+        run:--rootfs-writes|explain:--rootfs-writes) mapfile -t COMPREPLY < <(compgen -W "persist read-only overlay" -- "$2") ;;
+        run:--env|explain:--env) COMPREPLY=() ;;
+        run:--keep-env|explain:--keep-env) mapfile -t COMPREPLY < <(compgen -v -- "$2") ;;
+        run:--cwd|explain:--cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        run:--accept-exposure|explain:--accept-exposure) mapfile -t COMPREPLY < <(compgen -W "abstract-sockets signals" -- "$2") ;;
+        idmap:--user) mapfile -t COMPREPLY < <(compgen -u -- "$2") ;;
+        idmap:--scheme) mapfile -t COMPREPLY < <(compgen -W "rootless remap" -- "$2") ;;
+        rootfs:--sha256) COMPREPLY=() ;;
+        rootfs:--max-size) COMPREPLY=() ;;
         *) COMPREPLY=() ;;
     esac
 }
@@ -67,6 +71,7 @@ _sandboxer_positional() {  # complete positional argument $2 (from 0) of subcomm
     case $1:$n in
         check:0) _sandboxer_profiles "$3" ;;
         completion:0) mapfile -t COMPREPLY < <(compgen -W "bash zsh fish" -- "$3") ;;
+        idmap:0) COMPREPLY=() ;;
         rootfs:0) mapfile -t COMPREPLY < <(compgen -W "import" -- "$3") ;;
         rootfs:1) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$3") ;;
         rootfs:2) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3") ;;
@@ -79,13 +84,13 @@ _sandboxer() {
     local -a words=("${COMP_WORDS[@]}")
     COMPREPLY=()
     if ((cword == 1)); then
-        mapfile -t COMPREPLY < <(compgen -W "run check explain profiles completion schema doctor rootfs --help --version" -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W "run check explain profiles completion schema doctor idmap rootfs --help --version" -- "$cur")
         return 0
     fi
     local cmd=${words[1]} payload=""
     case $cmd in
         run|explain) payload=1 ;;
-        check|profiles|completion|schema|doctor|rootfs) ;;
+        check|profiles|completion|schema|doctor|idmap|rootfs) ;;
         *) return 0 ;;
     esac
     # Walk the words before the cursor: options (with their values; bash splits "--opt=value"
@@ -139,7 +144,7 @@ _sandboxer() {
         return 0
     fi
     if [[ -n $valopt ]]; then
-        _sandboxer_value "$valopt" "$cur"
+        _sandboxer_value "$cmd:$valopt" "$cur"
         return 0
     fi
     if [[ $cur == -* && -z $dashdash ]]; then

@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --set --map --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --sha256 --max-size
+            case --profile --set --map --user --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --scheme --sha256 --max-size
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -104,12 +104,14 @@ complete -c sandboxer -n __sandboxer_no_subcommand -a profiles -d 'list the prof
 complete -c sandboxer -n __sandboxer_no_subcommand -a completion -d 'print the completion script of a shell: bash, zsh or fish'
 complete -c sandboxer -n __sandboxer_no_subcommand -a schema -d 'print the JSON Schema of profiles (for TOML editors)'
 complete -c sandboxer -n __sandboxer_no_subcommand -a doctor -d 'check what sandboxes need on this machine, each with its fix'
+complete -c sandboxer -n __sandboxer_no_subcommand -a idmap -d 'show the host ids an inside uid:gid maps to (or, with --host, the reverse)'
 complete -c sandboxer -n __sandboxer_no_subcommand -a rootfs -d 'import a root filesystem tarball into a directory, safely and as you'
 complete -c sandboxer -n __sandboxer_no_subcommand -l help -d 'show help and exit'
 complete -c sandboxer -n __sandboxer_no_subcommand -l version -d 'show the version and exit'
 complete -c sandboxer -n '__sandboxer_options run explain' -l profile -k -x -a '(__sandboxer_profiles)' -d 'the profile to use: a name found on the profile search path, or a .toml file (as a positional argument: a file ending in .toml, or a name followed by --)'
-complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
-complete -c sandboxer -n '__sandboxer_options run explain' -l map -x -a 'self root' -d 'who the command is inside: \'self\' (your uid/gid) or \'root\' (uid 0, still you outside)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
+complete -c sandboxer -n '__sandboxer_options run explain idmap' -l map -x -a 'self root auto keep-id' -d 'the ids inside: \'self\' (your uid/gid), \'root\' (uid 0, still you outside), \'auto\' (0 is you, 1-N your subordinate ranges from /etc/subuid and /etc/subgid) or \'keep-id\' (your ids, the ranges fill every other id)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l user -x -d 'run the command as these ids inside (GID defaults to UID); any the mapping has, so other than 0 or your own they need --map auto or keep-id'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home -x -a 'host tmpfs' -d 'HOME: \'host\' (your real home) or \'tmpfs\' (empty, throwaway, size-limited)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home-size -x -d 'size limit of a tmpfs HOME, in bytes or with a k/M/G suffix (default 256M)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l tmp-size -x -d 'size limit of the private /tmp and /var/tmp, in bytes or with a k/M/G suffix (default 512M)'
@@ -139,12 +141,16 @@ complete -c sandboxer -n '__sandboxer_options profiles' -l names -d 'print the n
 complete -c sandboxer -n '__sandboxer_options explain' -l resolved -d 'print the profile as resolved (its extends merged, flags and --set applied) and where each value comes from'
 complete -c sandboxer -n '__sandboxer_options explain' -l shell -d 'print the plan as a shell script a person can read and run'
 complete -c sandboxer -n '__sandboxer_options explain doctor' -l json -d 'print the plan (doctor: the checks) as JSON'
+complete -c sandboxer -n '__sandboxer_options idmap' -l user -x -a '(__fish_complete_users)' -d 'whose subordinate ranges to use (default: yours; with --scheme remap, the daemon\'s remap user, e.g. dockremap)'
+complete -c sandboxer -n '__sandboxer_options idmap' -l scheme -x -a 'rootless remap' -d '\'rootless\' (default): sandboxer\'s, rootless Podman\'s and Docker\'s (0 is the user, 1 the range\'s first id); \'remap\': the daemon\'s userns-remap (0 is the range\'s first id)'
+complete -c sandboxer -n '__sandboxer_options idmap' -l host -d 'ID[:GID] are host ids: print the ids inside they appear as'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l sha256 -x -d 'the tarball\'s expected SHA-256 (64 hex digits); checked before anything is unpacked'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l max-size -x -d 'write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free space of DIR\'s filesystem'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor' -l debug -d 'show Python tracebacks and the chain being run'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor' -l help -d 'show this help and exit'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap' -l debug -d 'show Python tracebacks and the chain being run'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap' -l help -d 'show this help and exit'
 complete -c sandboxer -n '__sandboxer_nth check 0+' -k -x -a '(__sandboxer_profiles)'
 complete -c sandboxer -n '__sandboxer_nth completion 0' -x -a 'bash zsh fish'
+complete -c sandboxer -n '__sandboxer_nth idmap 0' -x
 complete -c sandboxer -n '__sandboxer_nth rootfs 0' -x -a 'import'
 complete -c sandboxer -n '__sandboxer_nth rootfs 1' -F
 complete -c sandboxer -n '__sandboxer_nth rootfs 2' -x -a '(__fish_complete_directories)'

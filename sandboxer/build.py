@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from .compile import compile
-from .errors import ProfileKeyError
+from .errors import ProfileKeyError, SandboxerError
 from .host import HostFacts, probe
 from .load import ProfileError, load_located
 from .options import Opt
@@ -44,9 +44,31 @@ def build(
     if mode in ("slirp4netns", "pasta"):
         probe(host, (mode,))
     try:
+        if loaded.profile.user.map in ("auto", "keep-id") and host.ranges is None:
+            subordinate_ids(host)
         plan = compile(loaded.profile, host)
     except ProfileKeyError as e:
         raise ProfileError([f"{loaded.where(e.loc)}: {e.message}" + (f"; {e.hint}" if e.hint else "")]) from None
     if argv:
         plan = dataclasses.replace(plan, command=tuple(argv))
     return plan, loaded.sources
+
+
+def subordinate_ids(host: HostFacts) -> None:
+    """Read the caller's subordinate ranges into host.ranges, and check the setuid helpers that
+    map them (unshare(1) runs them): a ProfileKeyError of user.map saying how to fix what is
+    missing."""
+    from .idmap import privileged, read_ranges
+
+    for tool in ("newuidmap", "newgidmap"):
+        path = host.tools.get(tool, "")
+        if not path:
+            continue  # compile() names what is missing
+        if not privileged(path):
+            raise ProfileKeyError(("user", "map"), f"{path} is neither setuid root nor has file "
+                                  "capabilities, so it cannot map subordinate ids",
+                                  f"as root: chmod u+s {path} (or reinstall it: apt install --reinstall uidmap)")
+    try:
+        host.ranges = read_ranges(host.user, host.uid, host.subid_files)
+    except SandboxerError as e:
+        raise ProfileKeyError(("user", "map"), e.message, e.hint) from None

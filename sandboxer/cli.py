@@ -92,6 +92,15 @@ def _dispatch(args: Args) -> int:
 
         sys.stdout.write(docs.json_schema())
         return 0
+    if args.command == "idmap":
+        from .idmap import calculate
+
+        given = {opt.name: value for opt, _spelling, value in args.overrides}
+        lines, ok = calculate(args.positionals[0], user=given.get("user"), mode=given.get("map"),
+                              scheme=given.get("scheme") or "rootless", reverse="host" in args.flags)
+        for line in lines:
+            print(printable(line))
+        return 0 if ok else EXIT_CHECK_INVALID
     if args.command == "doctor":
         from .doctor import doctor
 

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import posixpath
 
+from . import idmap
 from .errors import ProfileKeyError, SandboxerError
 from .host import HostFacts
 from .netplan import plan_network
-from .plan import DEFAULT_KEEP, EnvRule, Isolation, MountOp, Plan, RootfsPlan, UserMap
-from .profile import MIB, Profile, RootSwitch, RootWrites
+from .plan import (
+    DEFAULT_KEEP,
+    DEFAULT_PATH,
+    ROOT_PATH,
+    EnvRule,
+    Isolation,
+    MountOp,
+    Plan,
+    RootfsPlan,
+    UserMap,
+)
+from .profile import MIB, Profile, RootSwitch, RootWrites, parse_ids
 
 TMPFS_DEFAULT_SIZE = 64 * MIB
 RUNTIME_SIZE = 64 * MIB
@@ -34,7 +45,8 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     ns = profile.namespaces
     own_net = profile.network.mode != "host"
     namespaces = ["user", "mount"]
-    outer = [unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"]
+    users = _usermap(profile, host)
+    outer = [unshare, "--user", "--map-root-user", *users.outer_args, "--mount", "--propagation", "private"]
     if ns.pid:
         namespaces.append("pid")
         # --kill-child: unshare's child (our stage, PID 1) gets SIGKILL when unshare dies,
@@ -52,7 +64,7 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     outer += ["--", host.stage]
 
     root = _rootfs(profile, host)
-    mounts = _mounts(profile, host, own_net=own_net, rootfs=root is not None)
+    mounts = _mounts(profile, host, own_net=own_net, rootfs=root is not None, home_owner=users.switch_to)
     warnings: list[str] = []
     if root is not None:
         path, switch, writes = root
@@ -74,9 +86,9 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         mounts=tuple(mounts),
         hostname=ns.hostname if ns.uts else "",
         loopback_up=own_net,
-        inner=_usermap(profile, host),
+        users=users,
         cwd=cwd,
-        env=_env(profile, host, host.home, shell),
+        env=_env(profile, host, users, shell, rootfs=rootfs is not None),
         command=tuple(profile.command.argv or (shell,)),
         pid=ns.pid,
         hardening=HARDENING,
@@ -136,9 +148,57 @@ def _rootfs(profile: Profile, host: HostFacts) -> tuple[str, RootSwitch, RootWri
 
 
 def _usermap(profile: Profile, host: HostFacts) -> UserMap:
-    if profile.user.map == "root":
-        return UserMap("root", 0, 0, host.uid, host.gid)
-    return UserMap("self", host.uid, host.gid, host.uid, host.gid)
+    """The payload's ids: its namespace's maps, who it runs as, and what the outer namespace
+    needs for them (unshare's --map-users/--map-groups: the setuid newuidmap/newgidmap)."""
+    mode = profile.user.map
+    loc = ("user", "map")
+    first_uids = first_gids = None
+    outer_args: tuple[str, ...] = ()
+    if mode in ("auto", "keep-id"):
+        for tool in ("newuidmap", "newgidmap"):
+            if not host.tools.get(tool):
+                raise ProfileKeyError(loc, f"user.map = {mode!r} maps your subordinate ids through "
+                                      f"{tool}(1), which is not installed", "apt install uidmap")
+        if host.ranges is None:
+            raise ProfileKeyError(loc, f"user.map = {mode!r} needs your subordinate ids, which were not read",
+                                  "sandboxer bug: report it")
+        first_uids, first_gids = host.ranges.uids[0], host.ranges.gids[0]
+        # util-linux's old syntax (outer,inner,count): 2.38 takes no other, later ones take both
+        outer_args = (f"--map-users={first_uids.start},1,{first_uids.size}",
+                      f"--map-groups={first_gids.start},1,{first_gids.size}")
+    own = {"self": (host.uid, host.gid), "root": (0, 0), "auto": (0, 0),
+           "keep-id": (host.uid, host.gid)}[mode]
+    uid_map = idmap.inner_map(mode, own[0], first_uids.size if first_uids else 0)
+    gid_map = idmap.inner_map(mode, own[1], first_gids.size if first_gids else 0)
+    run_as = own
+    if profile.user.run_as is not None:
+        run_as = parse_ids(profile.user.run_as)
+        where = ("user", "run_as")
+        if mode in ("self", "root") and run_as != own:
+            raise ProfileKeyError(where, f"with user.map = {mode!r} only {own[0]}:{own[1]} exists inside, "
+                                  f"not {run_as[0]}:{run_as[1]}",
+                                  "use --map auto or --map keep-id to run as another id (they map your "
+                                  "subordinate ids from /etc/subuid)")
+        for what, value, table in (("uid", run_as[0], uid_map), ("gid", run_as[1], gid_map)):
+            if idmap.to_outside(table, value) is None:
+                top = max(start + count - 1 for start, _lower, count in table)
+                raise ProfileKeyError(where, f"{what} {value} is not mapped inside (user.map = {mode!r} "
+                                      f"maps {what}s 0 to {top})",
+                                      f"pick one up to {top}, or ask for more subordinate ids")
+    outer_uid = idmap.to_outside(uid_map, run_as[0]) or 0
+    outer_gid = idmap.to_outside(gid_map, run_as[1]) or 0
+    return UserMap(
+        mode=mode,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        host_uids=idmap.compose(uid_map, idmap.outer_map(host.uid, first_uids)),
+        host_gids=idmap.compose(gid_map, idmap.outer_map(host.gid, first_gids)),
+        own=(host.uid, host.gid),
+        run_as=run_as,
+        by_stage=mode in ("auto", "keep-id"),
+        outer_args=outer_args,
+        switch_to=(outer_uid, outer_gid) if (outer_uid, outer_gid) != (0, 0) else None,
+    )
 
 
 def expand(path: str, host: HostFacts) -> str:
@@ -154,7 +214,8 @@ def _under(path: str, top: str) -> bool:
     return path == top or top == "/" or path.startswith(top.rstrip("/") + "/")
 
 
-def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool) -> list[MountOp]:
+def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool,
+            home_owner: tuple[int, int] | None = None) -> list[MountOp]:
     """One pass for both kinds of root. On the host's tree: all of it read-only, the host's
     shared scratch places and runtime directories replaced by private tmpfs. In another root
     (targets are paths in it, resolved there by the stage): /proc, a minimal /dev, /tmp. Then
@@ -185,7 +246,7 @@ def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool) -
             fresh.append(path)
 
     if profile.home.mode == "tmpfs":
-        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700",
+        ops.append(MountOp("tmpfs", host.home, size=profile.home.size, mode="0700", owner=home_owner,
                            create=_creatable(host.home, fresh), why="HOME"))
         fresh.append(host.home)
     else:
@@ -246,11 +307,18 @@ def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp], warnings: lis
     return host.home
 
 
-def _env(profile: Profile, host: HostFacts, home: str, shell: str) -> EnvRule:
-    root = profile.user.map == "root"
-    name = "root" if root else host.user
-    fixed = (("HOME", home), ("USER", name), ("LOGNAME", name), ("SHELL", shell))
+def _env(profile: Profile, host: HostFacts, users: UserMap, shell: str, *, rootfs: bool) -> EnvRule:
+    uid = users.run_as[0]
+    name = "root" if uid == 0 else host.user if uid == host.uid and users.mode in ("self", "keep-id") else ""
+    fixed: tuple[tuple[str, str], ...] = (("HOME", host.home),)
+    if name:
+        fixed += (("USER", name), ("LOGNAME", name))
+    fixed += (("SHELL", shell),)
+    if rootfs:
+        # the tree's own programs, for the identity inside (root: the sbin directories too, where
+        # dpkg finds ldconfig), not the host's PATH with its venvs
+        fixed += (("PATH", ROOT_PATH if uid == 0 else DEFAULT_PATH),)
     keep = tuple(dict.fromkeys((*DEFAULT_KEEP, *profile.env.keep)))
-    fixed_names = {k for k, _ in fixed}
+    fixed_names = {k for k, _ in fixed} | {"USER", "LOGNAME"}
     keep = tuple(k for k in keep if k not in fixed_names)
     return EnvRule(keep=keep, set=tuple(sorted(profile.env.set.items())), fixed=fixed)

@@ -153,7 +153,8 @@ def man_sandboxer() -> str:
         "sets the hostname, and forks the payload.",
         ".PP",
         "The payload gets a nested user namespace, mapping it to root again or to your own",
-        "uid/gid; since the mount namespace belongs to the outer user namespace, in which the",
+        "uid/gid (or a whole range of ids: see USER IDS); since the mount namespace belongs to",
+        "the outer user namespace, in which the",
         "payload has no capabilities, the nested namespace locks those mounts: even as root",
         "inside it cannot unmount HOME, remount a read-only bind writable or grow a tmpfs.",
         "It also gets",
@@ -222,6 +223,88 @@ def man_sandboxer() -> str:
         "shows every step of this chain;",
         ".B \\-\\-shell",
         "prints it as a POSIX shell script.",
+        ".SH USER IDS",
+        "Who the command is inside is the profile key",
+        ".B user.map",
+        "(option",
+        ".BR \\-\\-map ):",
+        ".TP",
+        ".B self",
+        "(the default) your own uid and gid, and no other id;",
+        ".TP",
+        ".B root",
+        "uid and gid 0, still you outside: files it makes are yours;",
+        ".TP",
+        ".B auto",
+        "0 is you, and 1 to N your subordinate range from",
+        ".I /etc/subuid",
+        "and",
+        ".I /etc/subgid",
+        "(as rootless Podman and rootless Docker map a container): a file made by uid U inside",
+        "belongs to host uid FIRST+U\\-1.",
+        "Root inside can",
+        ".BR chown ,",
+        ".BR su ,",
+        ".B setpriv",
+        "and run",
+        ".B dpkg",
+        "or",
+        ".B apt\\-get",
+        "in a root filesystem;",
+        ".B sandboxer run \\-\\-map auto \\-\\- chown \\-R 0:0 DIR",
+        "gives a container's files back to you, as",
+        ".B podman unshare",
+        "does;",
+        ".TP",
+        ".B keep\\-id",
+        "your own uid and gid inside, the range filling every other id, root included (as",
+        ".BR \"podman \\-\\-userns=keep\\-id\" ):",
+        "files a tool makes as you stay yours.",
+        ".PP",
+        "For",
+        ".B auto",
+        "and",
+        ".B keep\\-id",
+        ".B unshare",
+        "maps your first range into the outer namespace through the setuid",
+        ".B newuidmap",
+        "and",
+        ".B newgidmap",
+        "(package uidmap), and the stage writes the payload's maps.",
+        "A user without ranges, a missing or not setuid helper, a malformed line or a range",
+        "overlapping another user's is an error that says how to fix it, e.g.",
+        ".BR \"usermod \\-\\-add\\-subuids 100000\\-165535 \\-\\-add\\-subgids 100000\\-165535 USER\" .",
+        "These maps leave",
+        ".I setgroups",
+        "allowed, as newgidmap and Podman do: a payload that is root inside can drop your",
+        "supplementary groups, so a file mode that denies one of your groups does not hold",
+        "against it.",
+        ".PP",
+        ".B \\-\\-user UID[:GID]",
+        "(key",
+        ".BR user.run_as )",
+        "runs the command as those ids inside, with GID its only group and a tmpfs HOME of its",
+        "own; any id the map has (0 or your own with",
+        ".B root",
+        "or",
+        ".BR self ).",
+        "In a root filesystem PATH is the standard one for the identity inside (root's has the",
+        "sbin directories), not yours.",
+        ".PP",
+        ".B sandboxer idmap",
+        "computes the host id an inside id maps to, or with",
+        ".B \\-\\-host",
+        "the reverse, for any user's ranges",
+        ".RB ( \\-\\-user ),",
+        "mapping",
+        ".RB ( \\-\\-map ,",
+        "default auto) and scheme:",
+        ".B rootless",
+        "(sandboxer, Podman, rootless Docker: 0 is the user, 1 the range's first id) or",
+        ".B remap",
+        "(Docker's userns\\-remap daemon: 0 is the first id of the remap user, by default",
+        ".BR dockremap ).",
+        "An id outside the mapping is said to be: it shows as 65534 inside.",
         ".SH NETWORK",
         "With",
         ".B \\-\\-net none",
@@ -304,6 +387,12 @@ def man_sandboxer() -> str:
         "For tests of",
         ".B sandboxer doctor",
         "only: a directory read instead of /proc for the sysctls it checks.",
+        ".TP",
+        ".B SANDBOXER_SUBID_FILES",
+        "For tests only:",
+        ".IR SUBUID : SUBGID ,",
+        "files read instead of /etc/subuid and /etc/subgid.",
+        "They change what sandboxer asks for, never what newuidmap and newgidmap grant.",
         ".SH FILES",
         ".TP",
         ".I ./profiles \\fRthen\\fP $XDG_CONFIG_HOME/sandboxer/profiles \\fRthen\\fP /etc/sandboxer/profiles",
@@ -338,6 +427,15 @@ def man_sandboxer() -> str:
         "say.",
         "Every sandbox hides its directory and pins the user-owned directories above it, so no",
         "payload can read it or put another in its place.",
+        ".TP",
+        ".I /etc/subuid \\fRand\\fP /etc/subgid",
+        "Your subordinate ranges, USER:FIRST:COUNT a line (see",
+        ".BR subuid (5)),",
+        "for",
+        ".B \\-\\-map auto",
+        "and",
+        ".BR keep\\-id ;",
+        "only the first range of a user is mapped.",
         ".SH EXAMPLES",
     ]
     first = True
@@ -352,6 +450,8 @@ def man_sandboxer() -> str:
         ".SH SEE ALSO",
         ".BR sandboxer\\-profile (5),",
         ".BR unshare (1),",
+        ".BR newuidmap (1),",
+        ".BR subuid (5),",
         ".BR user_namespaces (7)",
     ]
     return "\n".join(out) + "\n"
@@ -647,6 +747,8 @@ def positionals(command: str) -> tuple[list[str], bool]:
             specs.append("word:" + base.replace("|", " "))
         elif base == "DIR":
             specs.append("dir")
+        elif base == "ID":
+            specs.append("none")
         else:
             specs.append("file")
     return specs, bool(words) and words[-1].endswith("...")
@@ -676,11 +778,12 @@ _BASH_FILES = {
     "file": 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$3")',
     "dir": 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3")',
     "toml": "_sandboxer_profiles \"$3\"",
+    "none": "COMPREPLY=()",
 }
 
 
 def bash_completion() -> str:
-    value_pattern = "|".join(f"--{o.name}" for o in _value_opts())
+    value_pattern = "|".join(dict.fromkeys(f"--{o.name}" for o in _value_opts()))
     cases = []
     for opt in _value_opts():
         if opt.complete == "choices":
@@ -694,9 +797,11 @@ def bash_completion() -> str:
         elif opt.complete == "set":
             action = (f'compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "{" ".join(set_words())}" '
                       '-- "$2")')
+        elif opt.complete == "user":
+            action = 'mapfile -t COMPREPLY < <(compgen -u -- "$2")'
         else:
             action = "COMPREPLY=()"
-        cases.append(f"        --{opt.name}) {action} ;;")
+        cases.append(f"        {'|'.join(f'{c}:--{opt.name}' for c in opt.scopes)}) {action} ;;")
     per_command = [
         f'        {c}) echo "{" ".join(s for o in _scoped(c) for s in o.spellings())}" ;;' for c in COMMANDS
     ]
@@ -739,7 +844,7 @@ _sandboxer_profiles() {{  # profile names, profile files, and directories to des
         compgen -f -X '!*.toml' -- "$1"; compgen -d -- "$1")
 }}
 
-_sandboxer_value() {{  # complete the value of option $1 from the word $2
+_sandboxer_value() {{  # complete the value of option $1 (as COMMAND:--option) from the word $2
     case $1 in
 {chr(10).join(cases)}
         *) COMPREPLY=() ;;
@@ -821,7 +926,7 @@ _sandboxer() {{
         return 0
     fi
     if [[ -n $valopt ]]; then
-        _sandboxer_value "$valopt" "$cur"
+        _sandboxer_value "$cmd:$valopt" "$cur"
         return 0
     fi
     if [[ $cur == -* && -z $dashdash ]]; then
@@ -857,7 +962,7 @@ def _zdesc(text: str) -> str:
 
 
 _ZSH_ACTIONS = {"file": "_files", "dir": "_files -/", "toml": "_sandboxer_profiles", "profile": "_sandboxer_profiles",
-                "env": "_parameters"}
+                "env": "_parameters", "user": "_users", "none": " "}
 
 
 def _zsh_specs(command: str) -> list[str]:
@@ -886,7 +991,7 @@ def _zsh_specs(command: str) -> list[str]:
     args, repeats = positionals(command)
     for n, spec in enumerate(args, 1):
         action = f"({spec[5:]})" if spec.startswith("word:") else _ZSH_ACTIONS[spec]
-        what = spec[5:] if spec.startswith("word:") else {"toml": "profile"}.get(spec, spec)
+        what = spec[5:] if spec.startswith("word:") else {"toml": "profile", "none": "id"}.get(spec, spec)
         position = "*" if repeats and n == len(args) else str(n)
         specs.append(f"{position}:{what}:{action}")
     return specs
@@ -894,7 +999,7 @@ def _zsh_specs(command: str) -> list[str]:
 
 def zsh_completion() -> str:
     commands = "\n".join(f"        {_zq(f'{n}:{_zdesc(s)}')}" for n, (s, _u) in COMMANDS.items())
-    value_opts = "|".join(f"--{o.name}" for o in _value_opts())
+    value_opts = "|".join(dict.fromkeys(f"--{o.name}" for o in _value_opts()))
     cases = []
     for command in COMMANDS:
         specs = " \\\n                ".join(_zq(s) for s in _zsh_specs(command))
@@ -981,11 +1086,13 @@ _FISH_ARGS = {
     "dir": "-x -a '(__fish_complete_directories)'",
     "toml": "-k -x -a '(__sandboxer_profiles)'",
     "env": "-x -a '(set --names --export)'",
+    "user": "-x -a '(__fish_complete_users)'",
+    "none": "-x",
 }
 
 
 def fish_completion() -> str:
-    value_opts = " ".join(f"--{o.name}" for o in _value_opts())
+    value_opts = " ".join(dict.fromkeys(f"--{o.name}" for o in _value_opts()))
     lines = []
     for name, (summary, _usage) in COMMANDS.items():
         lines.append(f"complete -c sandboxer -n __sandboxer_no_subcommand -a {name} -d {_fq(summary)}")

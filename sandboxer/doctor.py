@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -152,29 +151,35 @@ def check_tun() -> list[Result]:
 
 
 def check_idmap() -> list[Result]:
+    """What --map auto and keep-id need: the setuid helpers, and a sound range of the user's."""
+    from .errors import SandboxerError
+    from .idmap import privileged, read_ranges
+
     out: list[Result] = []
     for tool in ("newuidmap", "newgidmap"):
         path = host.find_tool(tool, os.environ.get("PATH", ""))
         if not path:
-            out.append(("warn", tool, "not found: whole id ranges (--map auto) cannot be mapped",
+            out.append(("warn", tool, "not found: whole id ranges (--map auto, keep-id) cannot be mapped",
                         "apt install uidmap"))
             continue
-        st = os.stat(path)
-        if not (st.st_mode & stat.S_ISUID and st.st_uid == 0):
-            out.append(("warn", tool, f"{path} is not setuid root", f"sudo chmod u+s {path}"))
+        if not privileged(path):
+            out.append(("warn", tool, f"{path} is neither setuid root nor has file capabilities",
+                        f"sudo chmod u+s {path}"))
         else:
             out.append(("ok", tool, path, ""))
     import pwd
 
-    user = pwd.getpwuid(os.getuid()).pw_name
-    for name in ("subuid", "subgid"):
-        lines = _read(f"/etc/{name}").splitlines()
-        mine = [line for line in lines if line.split(":")[0] in (user, str(os.getuid()))]
-        if mine:
-            out.append(("ok", f"/etc/{name}", f"{user}: {', '.join(line.split(':', 1)[1] for line in mine)}", ""))
-        else:
-            out.append(("warn", f"/etc/{name}", f"no range for {user}: whole id ranges (--map auto) cannot "
-                        "be mapped", f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"))
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    try:
+        ranges = read_ranges(user, os.getuid())
+    except SandboxerError as e:
+        out.append(("warn", "subordinate ids", f"{e.message}: --map auto and keep-id cannot run", e.hint))
+    else:
+        out.append(("ok", "subordinate ids", f"{user}: uids {ranges.uids[0].text()}, gids "
+                    f"{ranges.gids[0].text()} (/etc/subuid, /etc/subgid)", ""))
     return out
 
 

@@ -11,10 +11,19 @@ import sys
 
 from .errors import SandboxerError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .idmap import Ranges
+
+SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
+# For tests only: other subordinate id files ("SUBUID:SUBGID"). They only change what sandboxer
+# asks for; newuidmap and newgidmap still grant nothing the real files do not.
+SUBID_FILES_ENV = "SANDBOXER_SUBID_FILES"
+
 # Tools are found the way a user expects: the caller's PATH first (absolute entries only), then
 # the system directories, sbin included (where distributions may put network helpers).
 SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
-TOOLS = ("unshare", "slirp4netns", "pasta")
+TOOLS = ("unshare", "slirp4netns", "pasta", "newuidmap", "newgidmap")
 PROBE_TIMEOUT = 5.0
 
 
@@ -52,7 +61,8 @@ class HostFacts:
 
     __slots__ = (
         "uid", "gid", "user", "home", "shell", "cwd", "tools", "stage",
-        "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths", "probed",
+        "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths", "subid_files",
+        "probed", "ranges",
     )
 
     def __init__(
@@ -72,7 +82,9 @@ class HostFacts:
         runtime_dirs: tuple[str, ...],
         scratch_dirs: tuple[str, ...],
         own_paths: tuple[str, ...],
+        subid_files: tuple[str, str] = (SUBUID, SUBGID),
         probed: dict[str, ToolInfo] | None = None,
+        ranges: Ranges | None = None,
     ) -> None:
         self.uid = uid
         self.gid = gid
@@ -88,7 +100,9 @@ class HostFacts:
         self.runtime_dirs = runtime_dirs
         self.scratch_dirs = scratch_dirs
         self.own_paths = own_paths
+        self.subid_files = subid_files
         self.probed = probed or {}
+        self.ranges = ranges  # the caller's subordinate ids: read by build.py when a plan maps them
 
     @property
     def private_dirs(self) -> tuple[str, ...]:
@@ -102,21 +116,24 @@ class HostFacts:
         """A stable tuple of every fact, for the plan cache key."""
         return (
             *(sorted(self.tools.items()) if name == "tools" else getattr(self, name)
-              for name in self.__slots__ if name != "probed"),
+              for name in self.__slots__ if name not in ("probed", "ranges")),
             tuple(_stamp(path) for _name, path in sorted(self.tools.items())),
             _stamp(self.stage),
+            tuple(_stamp(path) for path in self.subid_files),
         )
 
     @classmethod
     def example(cls, **changes: object) -> HostFacts:
         """Fixed facts for golden tests and docs: Debian 12's tools, found in /usr/bin."""
+        from .idmap import Range, Ranges
         from .netplan import PASTA_OPTIONS
 
         facts: dict[str, object] = dict(
             uid=1000, gid=1000, user="alice", home="/home/alice", shell="/bin/bash",
             cwd="/home/alice/src/project",
             tools={"unshare": "/usr/bin/unshare", "slirp4netns": "/usr/bin/slirp4netns",
-                   "pasta": "/usr/bin/pasta"},
+                   "pasta": "/usr/bin/pasta", "newuidmap": "/usr/bin/newuidmap",
+                   "newgidmap": "/usr/bin/newgidmap"},
             stage="/home/alice/.local/pipx/venvs/sandboxer/lib/python3.11/site-packages/sandboxer/"
                   "sandboxer-stage",
             cache_dir="/home/alice/.cache/sandboxer",
@@ -130,13 +147,15 @@ class HostFacts:
                 "slirp4netns": ToolInfo("/usr/bin/slirp4netns", "slirp4netns version 1.2.0\n", frozenset()),
                 "pasta": ToolInfo("/usr/bin/pasta", "pasta unknown version\n", frozenset(PASTA_OPTIONS)),
             },
+            ranges=Ranges((Range(SUBUID, 1, 100000, 65536),), (Range(SUBGID, 1, 100000, 65536),)),
         )
         facts.update(changes)
         return cls(**facts)  # type: ignore[arg-type]
 
 
 def _stamp(path: str) -> tuple[int, int]:
-    """A tool's identity for the cache: a new or replaced binary is checked again on compile."""
+    """A file's identity for the cache: a new or replaced binary (or an edited /etc/subuid) is
+    checked again on compile."""
     try:
         st = os.stat(path)
     except OSError:
@@ -300,4 +319,7 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
         scratch_dirs=tuple(d for d in SCRATCH if os.path.isdir(d)),
         own_paths=own_paths(uid),
     )
+    files = env.get(SUBID_FILES_ENV, "").split(":")
+    if len(files) == 2 and all(f.startswith("/") for f in files):
+        facts.subid_files = (files[0], files[1])
     return facts  # pins: find_pins() once the private directories exist

@@ -70,6 +70,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "sandboxer completion bash|zsh|fish"),
     "schema": ("print the JSON Schema of profiles (for TOML editors)", "sandboxer schema"),
     "doctor": ("check what sandboxes need on this machine, each with its fix", "sandboxer doctor [--json]"),
+    "idmap": (
+        "show the host ids an inside uid:gid maps to (or, with --host, the reverse)",
+        "sandboxer idmap [--user NAME] [--map MODE] [--scheme rootless|remap] [--host] ID[:GID]",
+    ),
     "rootfs": (
         "import a root filesystem tarball into a directory, safely and as you",
         "sandboxer rootfs import [--sha256 HEX] [--max-size SIZE] TARBALL DIR",
@@ -98,6 +102,11 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "schema": (("the schema beside your profiles, for Taplo or Even Better TOML",
                 "sandboxer schema > ~/.config/sandboxer/profiles/sandboxer-profile.schema.json"),),
     "doctor": (("what sandboxes need, checked here", "sandboxer doctor"),),
+    "idmap": (
+        ("which host uid owns the files of container user 1000", "sandboxer idmap --map auto 1000:1000"),
+        ("who host uid 100999 is inside", "sandboxer idmap --map auto --host 100999"),
+        ("Docker's userns-remap daemon, for its dockremap user", "sandboxer idmap --scheme remap --user dockremap 405:100"),
+    ),
 }
 
 OPTIONS: tuple[Opt, ...] = (
@@ -108,9 +117,14 @@ OPTIONS: tuple[Opt, ...] = (
         help="set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, "
              "'env.keep=[\"EDITOR\"]'; not TOML: a string); repeatable; flags and --set apply in the "
              "order given"),
-    Opt("map", kind="choice", key="user.map", metavar="MODE", choices=("self", "root"),
-        complete="choices",
-        help="who the command is inside: 'self' (your uid/gid) or 'root' (uid 0, still you outside)"),
+    Opt("map", kind="choice", key="user.map", metavar="MODE", choices=("self", "root", "auto", "keep-id"),
+        complete="choices", scopes=("run", "explain", "idmap"),
+        help="the ids inside: 'self' (your uid/gid), 'root' (uid 0, still you outside), 'auto' (0 is "
+             "you, 1-N your subordinate ranges from /etc/subuid and /etc/subgid) or 'keep-id' (your "
+             "ids, the ranges fill every other id)"),
+    Opt("user", kind="value", key="user.run_as", metavar="UID[:GID]",
+        help="run the command as these ids inside (GID defaults to UID); any the mapping has, so "
+             "other than 0 or your own they need --map auto or keep-id"),
     Opt("home", kind="choice", key="home.mode", metavar="MODE", choices=("host", "tmpfs"),
         complete="choices",
         help="HOME: 'host' (your real home) or 'tmpfs' (empty, throwaway, size-limited)"),
@@ -168,20 +182,33 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("shell", kind="flag", scopes=("explain",),
         help="print the plan as a shell script a person can read and run"),
     Opt("json", kind="flag", scopes=("explain", "doctor"), help="print the plan (doctor: the checks) as JSON"),
+    Opt("user", kind="value", metavar="NAME", complete="user", scopes=("idmap",),
+        help="whose subordinate ranges to use (default: yours; with --scheme remap, the daemon's "
+             "remap user, e.g. dockremap)"),
+    Opt("scheme", kind="choice", metavar="SCHEME", choices=("rootless", "remap"), complete="choices",
+        scopes=("idmap",),
+        help="'rootless' (default): sandboxer's, rootless Podman's and Docker's (0 is the user, 1 the "
+             "range's first id); 'remap': the daemon's userns-remap (0 is the range's first id)"),
+    Opt("host", kind="flag", scopes=("idmap",),
+        help="ID[:GID] are host ids: print the ids inside they appear as"),
     Opt("sha256", kind="value", metavar="HEX", scopes=("rootfs",),
         help="the tarball's expected SHA-256 (64 hex digits); checked before anything is unpacked"),
     Opt("max-size", kind="value", metavar="SIZE", scopes=("rootfs",),
         help="write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free "
              "space of DIR's filesystem"),
     Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
-                                      "schema", "doctor"),
+                                      "schema", "doctor", "idmap"),
         help="show Python tracebacks and the chain being run"),
     Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
-                                     "schema", "doctor"),
+                                     "schema", "doctor", "idmap"),
         help="show this help and exit"),
 )
 
-BY_SPELLING: dict[str, Opt] = {s: o for o in OPTIONS for s in o.spellings()}
+# spelling -> option, per command (--user is run's UID[:GID] and idmap's NAME)
+BY_COMMAND: dict[str, dict[str, Opt]] = {c: {} for c in COMMANDS}
+for _opt in OPTIONS:
+    for _scope in _opt.scopes:
+        BY_COMMAND[_scope].update(dict.fromkeys(_opt.spellings(), _opt))
 
 
 class UsageError(Exception):
@@ -233,8 +260,8 @@ def parse(argv: Sequence[str]) -> Args:
             break
         if tok.startswith("--"):
             name, eq, value = tok.partition("=")
-            opt = BY_SPELLING.get(name)
-            if opt is None or command not in opt.scopes:
+            opt = BY_COMMAND[command].get(name)
+            if opt is None:
                 raise UsageError(_unknown(name, command))
             if opt.takes_value:
                 if not eq:
@@ -261,7 +288,7 @@ def parse(argv: Sequence[str]) -> Args:
             raise UsageError(f"unknown option {tok!r}; options are spelled --name (see --help)")
         if command == "check":
             args.profiles.append(tok)
-        elif command in ("rootfs", "profiles", "completion", "schema", "doctor"):
+        elif command in ("rootfs", "profiles", "completion", "schema", "doctor", "idmap"):
             args.positionals.append(tok)
         elif not args.profiles and (tok.endswith(".toml") or "--" in rest[i:]):
             # a file ending in .toml, or a word with -- after it, names the profile: `run make`
@@ -278,6 +305,8 @@ def parse(argv: Sequence[str]) -> Args:
         raise UsageError("check needs at least one profile")
     if command == "rootfs" and "help" not in args.flags:
         _check_rootfs(args.positionals)
+    if command == "idmap" and "help" not in args.flags and len(args.positionals) != 1:
+        raise UsageError("idmap needs one ID[:GID], e.g. sandboxer idmap --map auto 1000:1000")
     if command in ("profiles", "schema", "doctor") and args.positionals:
         raise UsageError(f"{command} takes no arguments, got {args.positionals[0]!r}")
     if command == "completion" and "help" not in args.flags and (

@@ -13,14 +13,18 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from .idmap import OVERFLOW_ID, IdMap, proc_text, to_outside
+from .idmap import describe as describe_map
 from .netplan import API_SOCKET, NetworkPlan
 from .profile import RootSwitch, RootWrites
-from .spec import EnvSpec, MountSpec, RootfsSpec, RunSpec
+from .spec import EnvSpec, MountSpec, RootfsSpec, RunSpec, UserSpec
 from .wire import DEV_LINKS, DEV_NODES, LANDLOCK
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# root's PATH in another root filesystem (Debian's, for uid 0)
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The LC_* names, for the shell rendering (a shell has no prefix expansion of names).
 LC_NAMES = (
     "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_NUMERIC", "LC_TIME", "LC_MONETARY",
@@ -44,6 +48,8 @@ class MountOp:
     # create the target (and missing parents) first: only under a tmpfs this plan made
     create: bool = False
     why: str = ""
+    # a tmpfs's owner, in the outer namespace's ids (None: the caller, who mounts it)
+    owner: tuple[int, int] | None = None
 
     def options(self) -> str:
         opts = ["ro"] if self.readonly else []
@@ -52,6 +58,8 @@ class MountOp:
             if self.kind == "hide":
                 opts.append("noexec")
             opts += [f"size={self.size}", f"mode={self.mode}"]
+            if self.owner:
+                opts += [f"uid={self.owner[0]}", f"gid={self.owner[1]}"]
         return ",".join(opts)
 
     def describe(self) -> str:
@@ -83,7 +91,8 @@ class MountOp:
         return f"{text}: {self.why}" if self.why else text
 
     def spec(self) -> MountSpec:
-        return MountSpec(self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create)
+        return MountSpec(self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create,
+                         self.owner or (-1, -1))
 
 @dataclass(frozen=True)
 class RootfsPlan:
@@ -124,18 +133,57 @@ class RootfsPlan:
 
 @dataclass(frozen=True)
 class UserMap:
-    """The payload's user namespace: inside ids, each mapped to the caller's own id."""
+    """The payload's user namespace: its maps (idmap.py), in the outer namespace's ids (0 = the
+    caller; 1..N = the caller's first subordinate range, for 'auto' and 'keep-id') and as host
+    ids, and the ids the payload runs as."""
 
-    mode: Literal["self", "root"]
-    inside_uid: int
-    inside_gid: int
-    outside_uid: int
-    outside_gid: int
+    mode: Literal["self", "root", "auto", "keep-id"]
+    uid_map: IdMap
+    gid_map: IdMap
+    host_uids: IdMap
+    host_gids: IdMap
+    own: tuple[int, int]  # the caller's uid and gid on the host
+    run_as: tuple[int, int]  # inside
+    # the stage writes the maps (several ids need CAP_SETUID over the outer namespace), with
+    # setgroups allowed
+    by_stage: bool
+    outer_args: tuple[str, ...]  # for the outer unshare: the subordinate ranges
+    # run_as in the outer namespace's ids, when it is not the caller (whom the map makes the
+    # payload): the payload switches to it, with its gid as the only group, and owns a tmpfs HOME
+    switch_to: tuple[int, int] | None
 
     def unshare_args(self) -> list[str]:
+        """unshare(1)'s options for a map of one id (what util-linux can write by itself)."""
         if self.mode == "root":
             return ["--map-root-user"]
-        return [f"--map-user={self.inside_uid}", f"--map-group={self.inside_gid}"]
+        return [f"--map-user={self.uid_map[0][0]}", f"--map-group={self.gid_map[0][0]}"]
+
+    def describe(self) -> list[str]:
+        ids = (f"{describe_map(self.host_uids, self.own[0], 'uid')}, "
+               f"{describe_map(self.host_gids, self.own[1], 'gid')} (inside -> host)")
+        if not self.by_stage:
+            return [f"payload: unshare --user {' '.join(self.unshare_args())} (a nested user "
+                    f"namespace: every mount above is locked): {ids}"]
+        lines = [
+            "payload: unshare(CLONE_NEWUSER) (a nested user namespace: every mount above is locked); "
+            f"the stage writes its maps: {ids}; setgroups stays allowed",
+        ]
+        if self.switch_to:
+            uid, gid = self.run_as
+            lines.append(f"payload: setgroups [{gid}]; setresgid {gid}; setresuid {uid}")
+        return lines
+
+    def summary(self) -> str:
+        uid, gid = self.run_as
+        on_host = (to_outside(self.host_uids, uid), to_outside(self.host_gids, gid))
+        return (f"ids: runs as {uid}:{gid} inside ({on_host[0]}:{on_host[1]} on the host); "
+                f"{describe_map(self.host_uids, self.own[0], 'uid')}; "
+                f"{describe_map(self.host_gids, self.own[1], 'gid')}; any other id shows as "
+                f"{OVERFLOW_ID} inside")
+
+    def spec(self) -> UserSpec:
+        return UserSpec(proc_text(self.uid_map), proc_text(self.gid_map), self.by_stage,
+                        self.run_as if self.switch_to else (-1, -1))
 
 
 @dataclass(frozen=True)
@@ -179,7 +227,7 @@ class Plan:
     mounts: tuple[MountOp, ...]
     hostname: str
     loopback_up: bool
-    inner: UserMap
+    users: UserMap
     cwd: str
     env: EnvRule
     command: tuple[str, ...]
@@ -219,10 +267,7 @@ class Plan:
             "stage: fork the payload: own session (or own foreground job on a terminal), "
             "fresh session keyring"
         )
-        lines.append(
-            f"payload: unshare --user {' '.join(self.inner.unshare_args())} "
-            "(a nested user namespace: every mount above is locked)"
-        )
+        lines += self.users.describe()
         lines.append(f"payload: {', '.join(self.hardening)}")
         lines += self.isolation.describe()
         lines.append(f"payload: {self.env.describe()}")
@@ -260,6 +305,7 @@ class Plan:
             shared.append("the host's PID namespace (signals and ptrace outside refused: Landlock)")
         if shared:
             lines.append("shared with the host: " + ", ".join(shared))
+        lines.append(self.users.summary())
         if self.isolation.accepted:
             lines.append("accepted exposures, on kernels without Landlock ABI 6: "
                          + ", ".join(self.isolation.accepted))
@@ -280,7 +326,7 @@ class Plan:
         """What a run of this plan needs: the supervisor's and the stage's input."""
         return RunSpec(
             outer=self.outer, pid=self.pid, hostname=self.hostname, lo=self.loopback_up,
-            inner=(self.inner.inside_uid, self.inner.inside_gid), cwd=self.cwd,
+            users=self.users.spec(), cwd=self.cwd,
             env=EnvSpec(self.env.keep, self.env.set, self.env.fixed, self.env.default_path),
             command=self.command, mounts=tuple(op.spec() for op in (*self.guards, *self.mounts)),
             rootfs=None if self.rootfs is None else RootfsSpec(

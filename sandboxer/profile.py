@@ -65,10 +65,37 @@ class _Section(BaseModel):
 class User(_Section):
     """[user]: who the command is inside the sandbox."""
 
-    map: Literal["self", "root"] = Field(
+    map: Literal["self", "root", "auto", "keep-id"] = Field(
         "self",
-        description="'self': your own uid/gid inside; 'root': uid/gid 0 inside, still you outside",
+        description="'self': your own uid/gid inside; 'root': uid/gid 0 inside, still you outside; "
+        "'auto': 0 inside is you, 1-N your subordinate ranges (/etc/subuid, /etc/subgid), as "
+        "rootless Podman; 'keep-id': your own ids inside, your ranges fill every other id, root "
+        "included, as Podman's --userns=keep-id",
     )
+    run_as: Text | None = Field(
+        None,
+        description="'UID[:GID]' (numbers; GID defaults to UID): the ids the command runs as "
+        "inside, any the mapping has ('auto' and 'keep-id': 0 to the range's size); default: "
+        "root for 'root' and 'auto', you for 'self' and 'keep-id'",
+    )
+
+    @field_validator("run_as")
+    @classmethod
+    def _run_as(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_ids(value)
+        return value
+
+
+def parse_ids(value: str) -> tuple[int, int]:
+    """'1000:1000' or '1000' (GID = UID) -> (uid, gid)."""
+    uid, colon, gid = value.partition(":")
+    if not uid.isdigit() or (colon and not gid.isdigit()) or not uid.isascii() or not gid.isascii():
+        raise ValueError(f"expected UID or UID:GID in numbers, such as 1000:1000, got {value!r}")
+    ids = (int(uid), int(gid) if colon else int(uid))
+    if max(ids) > 2**32 - 2:
+        raise ValueError(f"ids go up to {2**32 - 2}, got {value!r}")
+    return ids
 
 
 class Home(_Section):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import shlex
 
-from .plan import LC_NAMES, MountOp, Plan, RootfsPlan
+from .idmap import proc_text
+from .plan import LC_NAMES, MountOp, Plan, RootfsPlan, UserMap
 from .wire import DEV_LINKS, DEV_NODES
 
 
@@ -137,6 +138,22 @@ def _network_stage(plan: Plan) -> list[str]:
     ]
 
 
+def _write_maps(users: UserMap) -> list[str]:
+    """Several ids in the payload's namespace: unshare(1) could only map them through newuidmap,
+    which does not work inside a user namespace; the map is written from here (root of the
+    outer namespace), by a background job that waits for this shell's pid to enter its new
+    namespace (exec unshare keeps the pid)."""
+    uid_map, gid_map = (proc_text(m) for m in (users.uid_map, users.gid_map))
+    return [
+        "# the payload's user namespace maps several ids: written from outside it, once it exists",
+        "ns=$(readlink /proc/self/ns/user)",
+        '( i=0; while [ "$(readlink /proc/$$/ns/user)" = "$ns" ] && [ $i -lt 1000 ]; do i=$((i+1)); '
+        "sleep 0.01; done",
+        f"  printf %s {shlex.quote(uid_map)} > /proc/$$/uid_map",
+        f"  printf %s {shlex.quote(gid_map)} > /proc/$$/gid_map ) &",
+    ]
+
+
 def render(plan: Plan) -> str:
     """The whole plan as a script."""
     q = shlex.quote
@@ -173,9 +190,19 @@ def render(plan: Plan) -> str:
             else:
                 env_words.append(f'${{{n}+"{n}=${n}"}}')
     env_words += [q(f"{k}={v}") for k, v in (*plan.env.fixed, *plan.env.set)]
+    users = plan.users
+    setpriv = "setpriv"
+    if users.by_stage:
+        if users.switch_to:
+            uid, gid = users.run_as
+            setpriv += f" --reuid={uid} --regid={gid} --groups={gid}"
+        body += _write_maps(users)
+        userns = ("exec unshare --user -- sh -c 'i=0; until grep -q . /proc/self/uid_map; do "
+                  "[ $i -lt 1000 ] || exit 125; i=$((i+1)); sleep 0.01; done; exec \"$@\"' sh")
+    else:
+        userns = "exec unshare --user " + " ".join(users.unshare_args()) + " --"
     body.append(
-        "exec unshare --user " + " ".join(plan.inner.unshare_args())
-        + " -- setpriv --no-new-privs"
+        userns + f" {setpriv} --no-new-privs"
         + (" --bounding-set=-sys_chroot -- unshare " + switch if plan.rootfs else " -- ")
         + " ".join(env_words) + ' "$@"'
     )

@@ -67,10 +67,10 @@ def _one_of(value: object, allowed: tuple[str, ...]) -> str:
 class MountSpec:
     """One mount the stage makes (kind: one of wire.MOUNT_KINDS)."""
 
-    __slots__ = ("kind", "source", "target", "readonly", "size", "mode", "create")
+    __slots__ = ("kind", "source", "target", "readonly", "size", "mode", "create", "owner")
 
     def __init__(self, kind: str, source: str, target: str, readonly: bool, size: int, mode: str,
-                 create: bool) -> None:
+                 create: bool, owner: tuple[int, int] = (-1, -1)) -> None:
         self.kind = kind
         self.source = source
         self.target = target
@@ -78,15 +78,41 @@ class MountSpec:
         self.size = size
         self.mode = mode
         self.create = create
+        self.owner = owner  # a tmpfs's uid and gid in the outer namespace; -1: the mounter's
 
     def data(self) -> Data:
-        return (self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create)
+        return (self.kind, self.source, self.target, self.readonly, self.size, self.mode, self.create,
+                self.owner)
 
     @classmethod
     def from_data(cls, data: object) -> MountSpec:
-        kind, source, target, readonly, size, mode, create = _tuple(data, 7)
+        kind, source, target, readonly, size, mode, create, owner = _tuple(data, 8)
+        uid, gid = _tuple(owner, 2)
         return cls(_one_of(kind, MOUNT_KINDS), _str(source), _str(target), _bool(readonly), _int(size),
-                   _str(mode), _bool(create))
+                   _str(mode), _bool(create), (_int(uid), _int(gid)))
+
+
+class UserSpec:
+    """The payload's user namespace: its uid_map and gid_map (as /proc takes them, in the outer
+    namespace's ids), whether the stage writes them (several ids, setgroups allowed) rather
+    than the payload itself (one id, setgroups denied), and the ids to switch to (-1: none)."""
+
+    __slots__ = ("uid_map", "gid_map", "by_stage", "run_as")
+
+    def __init__(self, uid_map: str, gid_map: str, by_stage: bool, run_as: tuple[int, int]) -> None:
+        self.uid_map = uid_map
+        self.gid_map = gid_map
+        self.by_stage = by_stage
+        self.run_as = run_as
+
+    def data(self) -> Data:
+        return (self.uid_map, self.gid_map, self.by_stage, self.run_as)
+
+    @classmethod
+    def from_data(cls, data: object) -> UserSpec:
+        uid_map, gid_map, by_stage, run_as = _tuple(data, 4)
+        uid, gid = _tuple(run_as, 2)
+        return cls(_str(uid_map), _str(gid_map), _bool(by_stage), (_int(uid), _int(gid)))
 
 
 class RootfsSpec:
@@ -175,20 +201,20 @@ class EnvSpec:
 class RunSpec:
     """Everything a run of one plan needs."""
 
-    __slots__ = ("outer", "pid", "hostname", "lo", "inner", "cwd", "env", "command", "mounts",
+    __slots__ = ("outer", "pid", "hostname", "lo", "users", "cwd", "env", "command", "mounts",
                  "rootfs", "network", "landlock", "apidir", "warnings")
 
-    VERSION = 1  # of data(): part of the plan cache key
+    VERSION = 2  # of data(): part of the plan cache key
 
     def __init__(self, *, outer: tuple[str, ...], pid: bool, hostname: str, lo: bool,
-                 inner: tuple[int, int], cwd: str, env: EnvSpec, command: tuple[str, ...],
+                 users: UserSpec, cwd: str, env: EnvSpec, command: tuple[str, ...],
                  mounts: tuple[MountSpec, ...], rootfs: RootfsSpec | None, network: NetSpec | None,
                  landlock: int, apidir: bool, warnings: tuple[str, ...]) -> None:
         self.outer = outer  # unshare ... -- sandboxer-stage
         self.pid = pid
         self.hostname = hostname
         self.lo = lo
-        self.inner = inner
+        self.users = users
         self.cwd = cwd
         self.env = env
         self.command = command
@@ -201,7 +227,7 @@ class RunSpec:
 
     def data(self) -> Data:
         return (
-            self.VERSION, self.outer, self.pid, self.hostname, self.lo, self.inner, self.cwd,
+            self.VERSION, self.outer, self.pid, self.hostname, self.lo, self.users.data(), self.cwd,
             self.env.data(), self.command, tuple(op.data() for op in self.mounts),
             self.rootfs.data() if self.rootfs else None, self.network.data() if self.network else None,
             self.landlock, self.apidir, self.warnings,
@@ -209,17 +235,16 @@ class RunSpec:
 
     @classmethod
     def from_data(cls, data: object) -> RunSpec:
-        (version, outer, pid, hostname, lo, inner, cwd, env, command, mounts, rootfs, network,
+        (version, outer, pid, hostname, lo, users, cwd, env, command, mounts, rootfs, network,
          landlock, apidir, warnings) = _tuple(data, 15)
         if version != cls.VERSION:
             raise SpecError(f"run spec version {version!r}, expected {cls.VERSION}")
-        uid, gid = _tuple(inner, 2)
         bits = _int(landlock)
         if bits & ~sum(LANDLOCK.values()):
             raise SpecError(f"unknown Landlock bits {bits}")
         return cls(
             outer=_strs(outer), pid=_bool(pid), hostname=_str(hostname), lo=_bool(lo),
-            inner=(_int(uid), _int(gid)), cwd=_str(cwd), env=EnvSpec.from_data(env),
+            users=UserSpec.from_data(users), cwd=_str(cwd), env=EnvSpec.from_data(env),
             command=_strs(command), mounts=tuple(MountSpec.from_data(op) for op in _tuple(mounts)),
             rootfs=None if rootfs is None else RootfsSpec.from_data(rootfs),
             network=None if network is None else NetSpec.from_data(network),

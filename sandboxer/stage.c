@@ -28,6 +28,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -131,11 +132,15 @@ struct mount_op {
 	const char *source, *target, *mode;
 	long size;
 	int readonly, create;
+	long owner_uid, owner_gid; /* a tmpfs's owner in the outer namespace; -1: ours */
 	int tree; /* a bind: its source, cloned (open_tree) before anything covered it; else -1 */
 };
 
 struct config {
-	int pid, tty, lo, inner_uid, inner_gid, landlock, apidir;
+	int pid, tty, lo, landlock, apidir;
+	const char *uid_map, *gid_map; /* the payload's user namespace, as /proc takes them */
+	int maps_by_stage; /* several ids: the stage writes the maps; else the payload, one id */
+	long runas_uid, runas_gid; /* -1: keep the ids the map gives */
 	long ppid;
 	const char *hostname, *cwd, *resolv, *hosts; /* resolv == NULL: no network files */
 	const char *tap; /* NULL: no tap device to make */
@@ -309,13 +314,25 @@ static void mount_record(struct mount_op **ops, size_t *n, const char *what)
 	op->size = number(what);
 	op->mode = field(what);
 	op->create = boolean(what);
+	op->owner_uid = number(what);
+	op->owner_gid = number(what);
 	op->tree = -1;
+}
+
+/* A tmpfs's options. uid= and gid= are ids of the mounter's user namespace (the outer one):
+ * a HOME that belongs to the id the payload switches to. */
+static char *tmpfs_options(const struct mount_op *op)
+{
+	if (op->owner_uid >= 0)
+		return fmt("size=%ld,mode=%s,uid=%ld,gid=%ld", op->size, op->mode, op->owner_uid, op->owner_gid);
+	return fmt("size=%ld,mode=%s", op->size, op->mode);
 }
 
 /* Read the config (wire.py: magic, version, tagged records, end) from fd into cfg. Anything
  * the stage does not know, or a record with the wrong number of values, is an error. */
 static void read_config(int fd)
 {
+	cfg.runas_uid = cfg.runas_gid = -1;
 	size_t cap = 65536;
 	config_buf = malloc(cap);
 	for (;;) {
@@ -377,9 +394,16 @@ static void read_config(int fd)
 			cfg.resolv = field(name);
 			cfg.hosts = field(name);
 			break;
-		case TAG_INNER:
-			cfg.inner_uid = (int)number(name);
-			cfg.inner_gid = (int)number(name);
+		case TAG_USERNS:
+			cfg.uid_map = field(name);
+			cfg.gid_map = field(name);
+			cfg.maps_by_stage = boolean(name);
+			break;
+		case TAG_RUNAS:
+			cfg.runas_uid = number(name);
+			cfg.runas_gid = number(name);
+			if (cfg.runas_uid < 0 || cfg.runas_gid < 0)
+				die("the stage's config has negative ids to run as (sandboxer bug)");
 			break;
 		case TAG_CWD: cfg.cwd = field(name); break;
 		case TAG_MOUNT: mount_record(&cfg.mounts, &cfg.nmounts, name); break;
@@ -446,7 +470,8 @@ static void json_mounts(const struct mount_op *ops, size_t n)
 		json_string(op->target);
 		printf(", \"readonly\": %s, \"size\": %ld, \"mode\": ", op->readonly ? "true" : "false", op->size);
 		json_string(op->mode);
-		printf(", \"create\": %s}", op->create ? "true" : "false");
+		printf(", \"create\": %s, \"owner\": [%ld, %ld]}", op->create ? "true" : "false", op->owner_uid,
+		       op->owner_gid);
 	}
 	putchar(']');
 }
@@ -481,7 +506,16 @@ static void print_config(void)
 	} else {
 		fputs("null", stdout);
 	}
-	printf(", \"inner\": [%d, %d], \"cwd\": ", cfg.inner_uid, cfg.inner_gid);
+	fputs(", \"userns\": {\"uid_map\": ", stdout);
+	json_string(cfg.uid_map);
+	fputs(", \"gid_map\": ", stdout);
+	json_string(cfg.gid_map);
+	printf(", \"by_stage\": %s}, \"runas\": ", cfg.maps_by_stage ? "true" : "false");
+	if (cfg.runas_uid >= 0)
+		printf("[%ld, %ld]", cfg.runas_uid, cfg.runas_gid);
+	else
+		fputs("null", stdout);
+	fputs(", \"cwd\": ", stdout);
 	json_string(cfg.cwd);
 	fputs(", \"mounts\": ", stdout);
 	json_mounts(cfg.mounts, cfg.nmounts);
@@ -741,7 +775,7 @@ static void apply_mount(struct mount_op *ops, size_t n, size_t i)
 	unsigned long flags = MS_NOSUID | MS_NODEV;
 	if (op->kind == MK_HIDE)
 		flags |= MS_RDONLY | MS_NOEXEC;
-	char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
+	char *data = tmpfs_options(op);
 	CHECK(mount("tmpfs", op->target, "tmpfs", flags, data), "cannot mount tmpfs on %s", op->target);
 	free(data);
 }
@@ -1023,7 +1057,7 @@ static int setup_rootfs(void)
 		} else if (op->kind == MK_DEV) {
 			minimal_dev(rootfd, op->target);
 		} else if (op->kind == MK_TMPFS) {
-			char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
+			char *data = tmpfs_options(op);
 			mount_in(rootfd, op->target, 'd', "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, data);
 			free(data);
 		} else if (op->kind == MK_BIND) {
@@ -1191,21 +1225,79 @@ static void write_proc_self(const char *name, const char *text)
 	close(fd);
 }
 
-/* The payload's own user namespace, mapping inside ids to ours (the outer root = the caller).
+/* The payload's own user namespace, nested in the outer one: every mount made before it
+ * belongs to a more privileged mount namespace owner, so the payload, even as root in its
+ * namespace, cannot unmount or remount them.
  *
- * What `unshare --user --map-user=U --map-group=G` does, done here so that a failure is reported
- * as sandboxer's (exit 125) rather than as the command's exit status 1. Mounts made before it
- * belong to a more privileged mount namespace owner: the payload, even as root in its
- * namespace, cannot unmount or remount them. */
-static void enter_user_namespace(void)
+ * One id (map 'self' or 'root'): the payload writes its own map, as `unshare --user
+ * --map-user=U` would (here so that a failure is sandboxer's, exit 125, not the command's 1).
+ * An unprivileged writer may map only its own id, and only with setgroups denied.
+ *
+ * Several ids ('auto', 'keep-id'): a map of more than one id needs CAP_SETUID over the parent
+ * namespace in a process of that namespace (user_namespaces(7)), which the payload, once in its
+ * own, no longer is. The stage is (root of the outer namespace, which holds the subordinate
+ * range), so the payload asks it over a pipe and waits; setgroups stays allowed (su, apt's
+ * drop to _apt, initgroups). */
+static void enter_user_namespace(int ask, int answer)
 {
 	CHECK(unshare(CLONE_NEWUSER), "cannot create the payload's user namespace");
-	char map[64];
-	snprintf(map, sizeof map, "%d 0 1\n", cfg.inner_uid);
-	write_proc_self("uid_map", map);
+	if (cfg.maps_by_stage) {
+		char byte = 'U';
+		if (write(ask, &byte, 1) != 1 || read(answer, &byte, 1) != 1 || byte != 'U')
+			_exit(125); /* the stage said why */
+		close(ask);
+		close(answer);
+		return;
+	}
+	write_proc_self("uid_map", cfg.uid_map);
 	write_proc_self("setgroups", "deny");
-	snprintf(map, sizeof map, "%d 0 1\n", cfg.inner_gid);
-	write_proc_self("gid_map", map);
+	write_proc_self("gid_map", cfg.gid_map);
+}
+
+/* The stage's side of enter_user_namespace(): once the payload has its namespace, write its
+ * maps through /proc/PID (the payload is our unreaped child: the PID cannot be reused). */
+static void map_payload(pid_t payload, int asked, int answer)
+{
+	char byte = 0;
+	ssize_t n;
+	while ((n = read(asked, &byte, 1)) < 0 && errno == EINTR)
+		;
+	close(asked);
+	if (n != 1)
+		return; /* the payload failed before it asked, and said why */
+	const char *names[] = {"uid_map", "gid_map"};
+	const char *maps[] = {cfg.uid_map, cfg.gid_map};
+	for (int i = 0; i < 2; i++) {
+		char path[64];
+		snprintf(path, sizeof path, "/proc/%d/%s", (int)payload, names[i]);
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		size_t len = strlen(maps[i]);
+		if (fd < 0 || write(fd, maps[i], len) != (ssize_t)len) {
+			status("%ccannot map the payload's ids (%s): %s\n", STATUS_ERROR, names[i], strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			close(answer);
+			return;
+		}
+		close(fd);
+	}
+	byte = 'U';
+	if (write(answer, &byte, 1) != 1)
+		kill(payload, SIGKILL); /* cannot happen: the payload holds the other end */
+	close(answer);
+}
+
+/* The ids the payload runs as, with that gid as its only group (the caller's supplementary
+ * groups would show as the overflow id 65534 inside). Capabilities go with a non-zero uid. */
+static void switch_ids(void)
+{
+	if (cfg.runas_uid < 0)
+		return;
+	gid_t gid = (gid_t)cfg.runas_gid;
+	CHECK(setgroups(1, &gid), "cannot set the payload's groups to %ld", cfg.runas_gid);
+	CHECK(setresgid(gid, gid, gid), "cannot switch to gid %ld", cfg.runas_gid);
+	CHECK(setresuid((uid_t)cfg.runas_uid, (uid_t)cfg.runas_uid, (uid_t)cfg.runas_uid),
+	      "cannot switch to uid %ld", cfg.runas_uid);
 }
 
 /* execvp() with the payload's PATH, telling 'not found' (127) from 'not executable' (126). */
@@ -1251,8 +1343,8 @@ static void exec_payload(void)
 	_exit(127);
 }
 
-static void payload_child(int rootfd) __attribute__((noreturn));
-static void payload_child(int rootfd)
+static void payload_child(int rootfd, int ask, int answer) __attribute__((noreturn));
+static void payload_child(int rootfd, int ask, int answer)
 {
 	const int reset[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, ORPHANED, SIGCHLD, SIGPIPE, SIGXFSZ};
 	for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
@@ -1272,13 +1364,14 @@ static void payload_child(int rootfd)
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL), "cannot create a fresh session keyring");
-	enter_user_namespace();
+	enter_user_namespace(ask, answer);
 	if (rootfd >= 0)
 		enter_chroot(rootfd);
 	if (cfg.rootfs_dir)
 		/* a chrooted process cannot create a user namespace (EPERM), so it cannot get the
 		 * capability back: without it, no double-chroot escape */
 		CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0), "cannot drop CAP_SYS_CHROOT");
+	switch_ids(); /* before chdir: the working directory is entered as the payload's ids */
 	CHECK(chdir(cfg.cwd), "cannot change to the working directory %s", cfg.cwd);
 	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs");
 	enter_landlock(); /* unprivileged: needs no_new_privs */
@@ -1448,11 +1541,26 @@ int main(int argc, char **argv)
 		sigaddset(&mask, FORWARDED[i]);
 	sigaddset(&mask, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &mask, &old);
+	int asks[2] = {-1, -1}, answers[2] = {-1, -1};
+	if (cfg.maps_by_stage) {
+		CHECK(pipe2(asks, O_CLOEXEC), "cannot make a pipe");
+		CHECK(pipe2(answers, O_CLOEXEC), "cannot make a pipe");
+	}
 	pid_t payload = fork();
 	CHECK(payload, "cannot fork the payload");
-	if (payload == 0)
-		payload_child(rootfd);
+	if (payload == 0) {
+		if (cfg.maps_by_stage) {
+			close(asks[0]);
+			close(answers[1]);
+		}
+		payload_child(rootfd, asks[1], answers[0]);
+	}
 	payload_pid = payload;
+	if (cfg.maps_by_stage) {
+		close(asks[1]);
+		close(answers[0]);
+		map_payload(payload, asks[0], answers[1]);
+	}
 	close(CONTROL_FD);
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);

@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 #define WIRE_MAGIC "sandboxer-stage"
-#define WIRE_VERSION 3
+#define WIRE_VERSION 4
 enum { CONFIG_FD = 3, STATUS_FD = 4, CONTROL_FD = 5, STDERR_FD = 6 };
 
 /* config records: tag, value types (s string, i integer, b 0/1, k mount kind), repeatable,
@@ -21,7 +21,8 @@ enum wire_tag {
 	TAG_LO,
 	TAG_TAP,
 	TAG_NETFILES,
-	TAG_INNER,
+	TAG_USERNS,
+	TAG_RUNAS,
 	TAG_CWD,
 	TAG_MOUNT,
 	TAG_ROOTFS,
@@ -44,11 +45,12 @@ static const struct wire_tag_info {
 	{"lo", "b", 0, 1},
 	{"tap", "s", 0, 0},
 	{"netfiles", "ss", 0, 0},
-	{"inner", "ii", 0, 1},
+	{"userns", "ssb", 0, 1},
+	{"runas", "ii", 0, 0},
 	{"cwd", "s", 0, 1},
-	{"mount", "kssbisb", 1, 0},
+	{"mount", "kssbisbii", 1, 0},
 	{"rootfs", "sss", 0, 0},
-	{"rootmount", "kssbisb", 1, 0},
+	{"rootmount", "kssbisbii", 1, 0},
 	{"arg", "s", 1, 1},
 	{"env", "s", 1, 0},
 	{"end", "", 0, 1},

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .spec import MountSpec, RunSpec
 
 MAGIC = "sandboxer-stage"
-VERSION = 3
+VERSION = 4
 
 # fds of the stage (stage.c's header comment says what travels on each)
 CONFIG_FD, STATUS_FD, CONTROL_FD, STDERR_FD = 3, 4, 5, 6
@@ -40,11 +40,15 @@ TAGS: dict[str, tuple[str, bool, bool]] = {
     "lo": ("b", False, True),  # bring lo up
     "tap": ("s", False, False),  # create this tap device, persistent, for the network helper
     "netfiles": ("ss", False, False),  # resolv.conf and hosts to mount over /etc's
-    "inner": ("ii", False, True),  # the payload's uid and gid in its own user namespace
+    # the payload's user namespace: uid_map, gid_map (as /proc takes them), written by the stage
+    # (1: several ids, setgroups allowed) or by the payload (0: one id, setgroups denied)
+    "userns": ("ssb", False, True),
+    "runas": ("ii", False, False),  # the uid and gid the payload switches to, its only group
     "cwd": ("s", False, True),
-    "mount": ("kssbisb", True, False),  # kind, source, target, readonly, size, mode, create
+    # kind, source, target, readonly, size, mode, create, and a tmpfs's owner (-1: the stage)
+    "mount": ("kssbisbii", True, False),
     "rootfs": ("sss", False, False),  # path, switch (ROOT_SWITCHES), writes (ROOT_WRITES)
-    "rootmount": ("kssbisb", True, False),  # a mount inside the rootfs; targets are paths in it
+    "rootmount": ("kssbisbii", True, False),  # a mount inside the rootfs; targets are paths in it
     "arg": ("s", True, True),  # the command, one word a record
     "env": ("s", True, False),  # NAME=VALUE
     "end": ("", False, True),
@@ -88,7 +92,7 @@ def _record(out: list[bytes], tag: str, *values: object) -> None:
 
 
 def _mount(out: list[bytes], tag: str, op: MountSpec) -> None:
-    _record(out, tag, op.kind, op.source, op.target, op.readonly, op.size, op.mode, op.create)
+    _record(out, tag, op.kind, op.source, op.target, op.readonly, op.size, op.mode, op.create, *op.owner)
 
 
 def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int) -> bytes:
@@ -106,7 +110,10 @@ def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], pp
         if net.tap:
             _record(out, "tap", net.tap)
         _record(out, "netfiles", net.resolv_conf, net.hosts)
-    _record(out, "inner", *spec.inner)
+    users = spec.users
+    _record(out, "userns", users.uid_map, users.gid_map, users.by_stage)
+    if users.run_as[0] >= 0:
+        _record(out, "runas", *users.run_as)
     _record(out, "cwd", spec.cwd)
     for op in spec.mounts:
         _mount(out, "mount", op)

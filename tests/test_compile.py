@@ -58,7 +58,7 @@ def test_clean_home_chain() -> None:
     kinds = [(op.kind, op.target) for op in plan.mounts]
     assert kinds == [("readonly-root", "/"), ("tmpfs", "/tmp"), ("tmpfs", "/var/tmp"),
                      ("tmpfs", "/dev/shm"), ("tmpfs", "/run/user/1000"), ("tmpfs", "/home/alice")]
-    assert plan.inner.unshare_args() == ["--map-user=1000", "--map-group=1000"]
+    assert plan.users.unshare_args() == ["--map-user=1000", "--map-group=1000"]
     assert dict(plan.env.fixed)["USER"] == "alice"
 
 
@@ -74,7 +74,7 @@ def test_flags_override_profile_before_and_after() -> None:
     after = plan_for([str(PROFILES / "clean-home.toml"), "--net", "none", "--map", "root"])
     for plan in (before, after):
         assert "net" in plan.namespaces
-        assert plan.inner.mode == "root" and plan.inner.unshare_args() == ["--map-root-user"]
+        assert plan.users.mode == "root" and plan.users.unshare_args() == ["--map-root-user"]
         assert dict(plan.env.fixed)["USER"] == "root"
 
 

@@ -183,8 +183,17 @@ def test_bash_completes_words(line: str, expected: set[str]) -> None:
 
 def test_bash_completes_choices() -> None:
     assert set(bash_complete("sandboxer run --net ")) == _choices("net") >= {"host", "none"}
-    assert set(bash_complete("sandboxer run --map ")) == _choices("map") == {"self", "root"}
+    assert set(bash_complete("sandboxer run --map ")) == _choices("map") == {"self", "root", "auto", "keep-id"}
     assert set(bash_complete("sandboxer explain --home t")) == {"tmpfs"}
+
+
+def test_bash_completes_an_option_by_its_command() -> None:
+    """--user is idmap's user NAME (completed from the passwd database) and run's UID[:GID]."""
+    assert "root" in bash_complete("sandboxer idmap --user ro")
+    assert bash_complete("sandboxer run --user ro") == []
+    assert set(bash_complete("sandboxer idmap --scheme ")) == {"rootless", "remap"}
+    assert {"--host", "--scheme", "--map", "--user"} <= set(bash_complete("sandboxer idmap --"))
+    assert bash_complete("sandboxer idmap 10") == []  # an id: nothing to offer
 
 
 def test_bash_options_follow_the_subcommand() -> None:
@@ -247,9 +256,11 @@ def test_fish_completes(tmp_path: Path) -> None:
     (tmp_path / "b.txt").write_text("")
     assert "run" in fish_complete("sandboxer r", tmp_path)
     assert fish_complete("sandboxer run --ne", tmp_path) == ["--net"]
-    assert set(fish_complete("sandboxer run --map ", tmp_path)) == {"self", "root"}
+    assert set(fish_complete("sandboxer run --map ", tmp_path)) == {"self", "root", "auto", "keep-id"}
     assert "--shell" in fish_complete("sandboxer explain --sh", tmp_path)
     assert fish_complete("sandboxer check ", tmp_path) == ["a.toml"]
+    assert "root" in fish_complete("sandboxer idmap --user ro", tmp_path)
+    assert fish_complete("sandboxer run --user ro", tmp_path) == []
 
 
 def _with_sandboxer(home: Path) -> dict[str, str]:

@@ -56,7 +56,8 @@ def expected(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], 
     """What the stage must understand of encode(spec, ...), in --print-config's shape."""
     def mounts(ops: tuple[typing.Any, ...]) -> list[dict[str, object]]:
         return [{"kind": op.kind, "source": op.source, "target": op.target, "readonly": op.readonly,
-                 "size": op.size, "mode": op.mode, "create": op.create} for op in ops]
+                 "size": op.size, "mode": op.mode, "create": op.create, "owner": list(op.owner)}
+                for op in ops]
 
     net = spec.network
     return {
@@ -64,7 +65,10 @@ def expected(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], 
         "apidir": spec.apidir, "hostname": spec.hostname, "lo": spec.lo,
         "tap": net.tap if net and net.tap else None,
         "netfiles": [net.resolv_conf, net.hosts] if net else None,
-        "inner": list(spec.inner), "cwd": spec.cwd, "mounts": mounts(spec.mounts),
+        "userns": {"uid_map": spec.users.uid_map, "gid_map": spec.users.gid_map,
+                   "by_stage": spec.users.by_stage},
+        "runas": list(spec.users.run_as) if spec.users.run_as[0] >= 0 else None,
+        "cwd": spec.cwd, "mounts": mounts(spec.mounts),
         "rootfs": None if spec.rootfs is None else {
             "path": spec.rootfs.path, "switch": spec.rootfs.switch, "writes": spec.rootfs.writes,
             "mounts": mounts(spec.rootfs.mounts)},
@@ -77,6 +81,8 @@ CASES = {
     "pasta": ["--net", "pasta", "--forward", "8080:80", "--forward", "[::1]:5353:53/udp"],
     "binds": ["--bind", ".", "--ro-bind", "/etc/ssl:/etc/ssl", "--tmpfs", "/scratch:8M", "--no-pid",
               "--net", "host", "--map", "root"],
+    "map-auto": ["--map", "auto", "--user", "1000:100", "--rootfs", "/srv/tree"],
+    "keep-id": ["--map", "keep-id", "--home", "host"],
     "rootfs-chroot": ["--rootfs", "/srv/tree", "--root-switch", "chroot", "--rootfs-writes", "overlay",
                       "--bind", "~/src:/src"],
     "odd-strings": ["--hostname", "h-1", "--env", "X=a\tb\nc \"q\" \\ é", "--bind", "/tmp/ü x:/y"],
@@ -132,14 +138,17 @@ def _replace_record(words: list[bytes], tag: bytes, new: list[bytes]) -> list[by
 
 @pytest.mark.parametrize("mutate,says", [
     (lambda w: [b"sandboxer-stage-x", *w[1:]], "not for this stage"),
-    (lambda w: [w[0], b"2", *w[2:]], "is version 2, this stage reads version 3"),
+    (lambda w: [w[0], b"2", *w[2:]], f"is version 2, this stage reads version {wire.VERSION}"),
     (lambda w: _replace_record(w, b"hostname", [b"hostnme", b"1", b"x"]), "unknown record 'hostnme'"),
     (lambda w: _replace_record(w, b"hostname", [b"hostname", b"2", b"x", b"y"]), "2 values for 'hostname', expected 1"),
     (lambda w: _replace_record(w, b"pid", [b"pid", b"1", b"2"]), "has 2 for the boolean pid"),
     (lambda w: _replace_record(w, b"ppid", [b"ppid", b"1", b"12x"]), "bad number '12x' in ppid"),
     (lambda w: _replace_record(w, b"landlock", [b"landlock", b"1", b"8"]), "unknown Landlock bits 8"),
-    (lambda w: _replace_record(w, b"cwd", [b"cwd", b"1", b"/", b"mount", b"7", b"tmpfsx", b"", b"/x",
-                                           b"0", b"1", b"0755", b"0"]), "unknown mount kind 'tmpfsx'"),
+    (lambda w: _replace_record(w, b"cwd", [b"cwd", b"1", b"/", b"mount", b"9", b"tmpfsx", b"", b"/x",
+                                           b"0", b"1", b"0755", b"0", b"-1", b"-1"]), "unknown mount kind 'tmpfsx'"),
+    (lambda w: _replace_record(w, b"cwd", [b"cwd", b"1", b"/", b"runas", b"2", b"-1", b"0"]),
+     "negative ids to run as"),
+    (lambda w: _replace_record(w, b"userns", []), "has no 'userns' record"),
     (lambda w: _replace_record(w, b"cwd", [b"cwd", b"1", b"/", b"rootfs", b"3", b"/t", b"chroots",
                                            b"persist"]), "unknown root switch 'chroots'"),
     (lambda w: _replace_record(w, b"cwd", [b"cwd", b"1", b"/", b"cwd", b"1", b"/"]), "repeats the record 'cwd'"),
