@@ -4,9 +4,9 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
+        run) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --diff --report --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
+        explain) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
         profiles) echo "--names --debug --help" ;;
         completion) echo "--debug --help" ;;
         schema) echo "--debug --help" ;;
@@ -18,7 +18,7 @@ _sandboxer_options() {  # the options of subcommand $1
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--set|--map|--user|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--env|--keep-env|--cwd|--accept-exposure|--scheme|--sha256|--max-size) return 0 ;;
+        --profile|--set|--map|--user|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--worktree|--worktree-size|--hide|--nproc|--nofile|--fsize|--as|--cpu|--timeout|--kill-after|--keep|--report|--env|--keep-env|--cwd|--accept-exposure|--scheme|--sha256|--max-size) return 0 ;;
     esac
     return 1
 }
@@ -36,7 +36,7 @@ _sandboxer_profiles() {  # profile names, profile files, and directories to desc
 _sandboxer_value() {  # complete the value of option $1 (as COMMAND:--option) from the word $2
     case $1 in
         run:--profile|explain:--profile) _sandboxer_profiles "$2" ;;
-        run:--set|explain:--set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=" -- "$2") ;;
+        run:--set|explain:--set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=" -- "$2") ;;
         run:--map|explain:--map|idmap:--map) mapfile -t COMPREPLY < <(compgen -W "self root auto keep-id" -- "$2") ;;
         run:--user|explain:--user) COMPREPLY=() ;;
         run:--home|explain:--home) mapfile -t COMPREPLY < <(compgen -W "host tmpfs" -- "$2") ;;
@@ -51,6 +51,18 @@ _sandboxer_value() {  # complete the value of option $1 (as COMMAND:--option) fr
         run:--rootfs|explain:--rootfs) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
         run:--root-switch|explain:--root-switch) mapfile -t COMPREPLY < <(compgen -W "pivot_root chroot" -- "$2") ;;
         run:--rootfs-writes|explain:--rootfs-writes) mapfile -t COMPREPLY < <(compgen -W "persist read-only overlay" -- "$2") ;;
+        run:--worktree|explain:--worktree) mapfile -t COMPREPLY < <(compgen -W "none rw overlay ro" -- "$2") ;;
+        run:--worktree-size|explain:--worktree-size) COMPREPLY=() ;;
+        run:--hide|explain:--hide) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
+        run:--nproc|explain:--nproc) COMPREPLY=() ;;
+        run:--nofile|explain:--nofile) COMPREPLY=() ;;
+        run:--fsize|explain:--fsize) COMPREPLY=() ;;
+        run:--as|explain:--as) COMPREPLY=() ;;
+        run:--cpu|explain:--cpu) COMPREPLY=() ;;
+        run:--timeout|explain:--timeout) COMPREPLY=() ;;
+        run:--kill-after|explain:--kill-after) COMPREPLY=() ;;
+        run:--keep) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
+        run:--report) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
         run:--env|explain:--env) COMPREPLY=() ;;
         run:--keep-env|explain:--keep-env) mapfile -t COMPREPLY < <(compgen -v -- "$2") ;;
         run:--cwd|explain:--cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;

@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --set --map --user --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --env --keep-env --cwd --accept-exposure --scheme --sha256 --max-size
+            case --profile --set --map --user --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --report --env --keep-env --cwd --accept-exposure --scheme --sha256 --max-size
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -109,7 +109,7 @@ complete -c sandboxer -n __sandboxer_no_subcommand -a rootfs -d 'import a root f
 complete -c sandboxer -n __sandboxer_no_subcommand -l help -d 'show help and exit'
 complete -c sandboxer -n __sandboxer_no_subcommand -l version -d 'show the version and exit'
 complete -c sandboxer -n '__sandboxer_options run explain' -l profile -k -x -a '(__sandboxer_profiles)' -d 'the profile to use: a name found on the profile search path, or a .toml file (as a positional argument: a file ending in .toml, or a name followed by --)'
-complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
+complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
 complete -c sandboxer -n '__sandboxer_options run explain idmap' -l map -x -a 'self root auto keep-id' -d 'the ids inside: \'self\' (your uid/gid), \'root\' (uid 0, still you outside), \'auto\' (0 is you, 1-N your subordinate ranges from /etc/subuid and /etc/subgid) or \'keep-id\' (your ids, the ranges fill every other id)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l user -x -d 'run the command as these ids inside (GID defaults to UID); any the mapping has, so other than 0 or your own they need --map auto or keep-id'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home -x -a 'host tmpfs' -d 'HOME: \'host\' (your real home) or \'tmpfs\' (empty, throwaway, size-limited)'
@@ -132,6 +132,19 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l tmpfs -x -a '(__fi
 complete -c sandboxer -n '__sandboxer_options run explain' -l rootfs -x -a '(__fish_complete_directories)' -d 'run inside the root filesystem in DIR (e.g. an unpacked minirootfs)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l root-switch -x -a 'pivot_root chroot' -d 'how to enter --rootfs: \'pivot_root\' (old root detached; default) or \'chroot\''
 complete -c sandboxer -n '__sandboxer_options run explain' -l rootfs-writes -x -a 'persist read-only overlay' -d 'writes to --rootfs: \'persist\' in DIR (default), \'read-only\', or a throwaway \'overlay\''
+complete -c sandboxer -n '__sandboxer_options run explain' -l worktree -x -a 'none rw overlay ro' -d 'the current directory (or worktree.path) as the work tree: \'rw\' (writes land in it; .git, .envrc and the profile stay read-only), \'overlay\' (writes go to a throwaway layer), \'ro\', or \'none\''
+complete -c sandboxer -n '__sandboxer_options run explain' -l worktree-size -x -d 'size limit of the overlay\'s upper layer (default 1G)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l hide -r -F -d 'hide PATH wherever it would appear (a directory empty, a file or socket /dev/null); repeatable'
+complete -c sandboxer -n '__sandboxer_options run explain' -l nproc -x -d 'at most N processes and threads inside (RLIMIT_NPROC, counted in the sandbox only)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l nofile -x -d 'at most N open files per process'
+complete -c sandboxer -n '__sandboxer_options run explain' -l fsize -x -d 'largest file a process may write (k/M/G suffixes): beyond it SIGXFSZ'
+complete -c sandboxer -n '__sandboxer_options run explain' -l as -x -d 'virtual memory per process (k/M/G suffixes)'
+complete -c sandboxer -n '__sandboxer_options run explain' -l cpu -x -d 'CPU seconds per process: then SIGXCPU, and SIGKILL a second later'
+complete -c sandboxer -n '__sandboxer_options run explain' -l timeout -x -d 'end the run after DURATION (90s, 10m, 1h): SIGTERM, SIGKILL after --kill-after; exit status 124'
+complete -c sandboxer -n '__sandboxer_options run explain' -l kill-after -x -d 'grace between the timeout\'s SIGTERM and SIGKILL (default 5s)'
+complete -c sandboxer -n '__sandboxer_options run' -l keep -x -a '(__fish_complete_directories)' -d '--worktree overlay: keep the upper layer (what the command added, changed and deleted) in DIR/upper, DIR new or empty'
+complete -c sandboxer -n '__sandboxer_options run' -l diff -d '--worktree overlay: list what the command added (A), changed (M) and deleted (D)'
+complete -c sandboxer -n '__sandboxer_options run' -l report -r -F -d 'write a JSON report to FILE: how the command ended (code, signal, timeout, limit), its duration, the work tree\'s changes'
 complete -c sandboxer -n '__sandboxer_options run explain' -l env -x -d 'set an environment variable inside; repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l keep-env -x -a '(set --names --export)' -d 'keep this variable of the caller\'s environment (NAME* keeps a prefix); repeatable'
 complete -c sandboxer -n '__sandboxer_options run explain' -l cwd -x -a '(__fish_complete_directories)' -d 'working directory inside (default: your cwd when visible inside, else HOME)'

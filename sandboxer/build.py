@@ -46,7 +46,9 @@ def build(
     try:
         if loaded.profile.user.map in ("auto", "keep-id") and host.ranges is None:
             subordinate_ids(host)
-        plan = compile(loaded.profile, host)
+        import os
+
+        plan = compile(loaded.profile, host, tuple(os.path.abspath(path) for path, _data in loaded.sources))
     except ProfileKeyError as e:
         raise ProfileError([f"{loaded.where(e.loc)}: {e.message}" + (f"; {e.hint}" if e.hint else "")]) from None
     if argv:

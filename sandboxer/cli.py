@@ -95,7 +95,7 @@ def _dispatch(args: Args) -> int:
     if args.command == "idmap":
         from .idmap import calculate
 
-        given = {opt.name: value for opt, _spelling, value in args.overrides}
+        given = {**args.values, **{opt.name: value for opt, _spelling, value in args.overrides}}
         lines, ok = calculate(args.positionals[0], user=given.get("user"), mode=given.get("map"),
                               scheme=given.get("scheme") or "rootless", reverse="host" in args.flags)
         for line in lines:
@@ -147,7 +147,7 @@ def _profiles(*, names_only: bool = False) -> int:
 def _rootfs(args: Args) -> int:
     from .rootfs_import import import_tarball
 
-    given = {opt.name: value for opt, _spelling, value in args.overrides}
+    given = args.values
     max_size = None
     if given.get("max-size") is not None:
         from .profile import parse_size
@@ -262,7 +262,8 @@ def _run(args: Args) -> int:
         spec, deps = _compile_in_child(args, facts, data, "debug" in args.flags)
         if entry and secret:
             cache.store(facts.cache_dir, entry, (spec.data(), deps), secret)
-    return supervise.run(spec, args.argv, debug="debug" in args.flags)
+    return supervise.run(spec, args.argv, debug="debug" in args.flags, keep=args.values.get("keep", ""),
+                         report=args.values.get("report", ""), diff="diff" in args.flags)
 
 
 def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None,

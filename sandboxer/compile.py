@@ -34,8 +34,9 @@ HARDENING = (
 )
 
 
-def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name is the concept
-    """Turn a validated profile and host facts into a Plan."""
+def compile(profile: Profile, host: HostFacts, files: tuple[str, ...] = ()) -> Plan:  # noqa: A001
+    """Turn a validated profile (read from files: its own, then those it extends) and host
+    facts into a Plan."""
     unshare = host.tools.get("unshare", "")
     if not unshare:
         raise SandboxerError(
@@ -64,7 +65,8 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
     outer += ["--", host.stage]
 
     root = _rootfs(profile, host)
-    mounts = _mounts(profile, host, own_net=own_net, rootfs=root is not None, home_owner=users.switch_to)
+    mounts = _mounts(profile, host, own_net=own_net, rootfs=root is not None, home_owner=users.switch_to,
+                     files=files)
     warnings: list[str] = []
     if root is not None:
         path, switch, writes = root
@@ -96,7 +98,25 @@ def compile(profile: Profile, host: HostFacts) -> Plan:  # noqa: A001 - the name
         warnings=tuple(warnings),
         network=network,
         rootfs=rootfs,
+        limits=_limits(profile),
+        timeout=profile.limits.timeout or 0.0,
+        kill_after=profile.limits.kill_after,
+        worktree=_worktree(profile, host),
     )
+
+
+def _limits(profile: Profile) -> tuple[tuple[str, int], ...]:
+    lim = profile.limits
+    values = {"nproc": lim.nproc, "nofile": lim.nofile, "fsize": lim.fsize, "as": lim.address_space,
+              "cpu": lim.cpu}
+    return tuple((name, value) for name, value in values.items() if value is not None)
+
+
+def _worktree(profile: Profile, host: HostFacts) -> tuple[str, str]:
+    """The work tree's path and mode, for the run's report; ("", "none") without one."""
+    if profile.worktree.mode == "none":
+        return ("", "none")
+    return (expand(profile.worktree.path, host), profile.worktree.mode)
 
 
 def _isolation(profile: Profile, host: HostFacts, *, own_net: bool) -> Isolation:
@@ -215,7 +235,7 @@ def _under(path: str, top: str) -> bool:
 
 
 def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool,
-            home_owner: tuple[int, int] | None = None) -> list[MountOp]:
+            home_owner: tuple[int, int] | None = None, files: tuple[str, ...] = ()) -> list[MountOp]:
     """One pass for both kinds of root. On the host's tree: all of it read-only, the host's
     shared scratch places and runtime directories replaced by private tmpfs. In another root
     (targets are paths in it, resolved there by the stage): /proc, a minimal /dev, /tmp. Then
@@ -253,6 +273,35 @@ def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool,
         ops.append(MountOp("bind", host.home, source=host.home, create=_creatable(host.home, fresh),
                            why="HOME (the host's, writable)"))
         fresh = [top for top in fresh if top == "/" or not _under(top, host.home)]
+    seals: list[MountOp] = []
+    tree = profile.worktree
+    if tree.mode != "none":
+        path = _bind_source(tree.path, ("worktree", "path"), host)
+        shared = [d for d in (host.home, *host.scratch_dirs, *host.runtime_dirs) if _under(d, path)]
+        if shared and path != "/":
+            raise ProfileKeyError(("worktree", "path"), f"the work tree {path} holds {shared[0]}, which the "
+                                  "sandbox keeps private (your HOME, a shared /tmp, your runtime directory)",
+                                  "run it from the project's own directory (cd ~/src/project)")
+        if tree.mode == "overlay" and any(c in path for c in ",:\\"):
+            raise ProfileKeyError(("worktree", "path"), f"{path} contains ',', ':' or a backslash, which "
+                                  "overlayfs cannot take as a layer", "move or link the tree elsewhere")
+        if path == "/" or (rootfs and tree.mode == "overlay"):
+            what = "/ is the whole host" if path == "/" else "an overlay work tree needs the host's root"
+            raise ProfileKeyError(("worktree", "path") if path == "/" else ("worktree", "mode"), what,
+                                  "name a project's directory" if path == "/" else "use mode 'rw' or 'ro'")
+        create = _creatable(path, fresh)
+        if tree.mode == "overlay":
+            ops.append(MountOp("overlay", path, source=path, size=tree.size, create=create,
+                               why="the work tree: it reads as the tree, writes go to a throwaway tmpfs"))
+        else:
+            ops.append(MountOp("bind", path, source=path, readonly=tree.mode == "ro", create=create,
+                               why=f"the work tree ({'read-only' if tree.mode == 'ro' else 'writable'})"))
+        fresh = [top for top in fresh if top == "/" or not _under(top, path)]
+        if tree.mode == "rw":
+            inside = [posixpath.join(path, rel) for rel in tree.protect]
+            inside += [f for f in files if _under(f, path)]
+            seals = [MountOp("seal", p, why="what would run later on the host stays as it is")
+                     for p in dict.fromkeys(posixpath.normpath(p) for p in inside)]
     for index, mount in enumerate(profile.mounts):
         loc = ("mounts", index)
         target = expand(mount.target or mount.source or "", host)
@@ -268,7 +317,28 @@ def _mounts(profile: Profile, host: HostFacts, *, own_net: bool, rootfs: bool,
         ops.append(MountOp("bind", target, source=source, readonly=mount.type == "ro-bind", create=create))
         # a bind hides what a tmpfs put there before; creating under it would write the host
         fresh = [top for top in fresh if top == "/" or not _under(top, target)]
-    return ops
+    return ops + seals + _masks(profile, host, ops, rootfs=rootfs)
+
+
+def _masks(profile: Profile, host: HostFacts, ops: list[MountOp], *, rootfs: bool) -> list[MountOp]:
+    """[hide] paths, wherever the sandbox would show them: at their own path (on the host's
+    tree), and where a bind shows them (or shows something inside them) at another path. The
+    stage masks each that exists when it starts, and what its symlinks name."""
+    found: dict[str, None] = {}
+    for index, raw in enumerate(profile.hide.paths):
+        path = expand(raw, host)
+        if path == "/":
+            raise ProfileKeyError(("hide", "paths", index), "cannot hide /", "name what to hide below /")
+        if not rootfs:
+            found[path] = None
+        for op in ops:
+            if op.kind not in ("bind", "overlay") or op.source == op.target and not rootfs:
+                continue
+            if _under(path, op.source):
+                found[posixpath.normpath(op.target + path[len(op.source.rstrip("/")):])] = None
+            elif _under(op.source, path):
+                found[op.target] = None  # the bind shows part of what is hidden: all of it goes
+    return [MountOp("mask", p, size=HIDE_SIZE, mode="0555") for p in found]
 
 
 def _creatable(target: str, fresh: list[str]) -> bool:
@@ -289,11 +359,11 @@ def _cwd(profile: Profile, host: HostFacts, mounts: list[MountOp], warnings: lis
     if profile.command.cwd is not None:
         return expand(profile.command.cwd, host)
     # The caller's cwd stays if the last mount covering it shows the same directory.
-    covering = [op for op in mounts if op.kind in ("tmpfs", "bind") and _under(host.cwd, op.target)]
+    covering = [op for op in mounts if op.kind in ("tmpfs", "bind", "overlay") and _under(host.cwd, op.target)]
     if not covering:
         return host.cwd
     last = max(covering, key=lambda op: len(op.target))
-    if last.kind == "bind" and last.source == last.target:
+    if last.kind in ("bind", "overlay") and last.source == last.target:
         return host.cwd
     for op in reversed(mounts):
         if op.kind == "bind" and _under(host.cwd, op.source):

@@ -163,6 +163,38 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("rootfs-writes", kind="choice", key="rootfs.writes", metavar="MODE",
         choices=("persist", "read-only", "overlay"), complete="choices",
         help="writes to --rootfs: 'persist' in DIR (default), 'read-only', or a throwaway 'overlay'"),
+    Opt("worktree", kind="choice", key="worktree.mode", metavar="MODE", choices=("none", "rw", "overlay", "ro"),
+        complete="choices",
+        help="the current directory (or worktree.path) as the work tree: 'rw' (writes land in it; "
+             ".git, .envrc and the profile stay read-only), 'overlay' (writes go to a throwaway "
+             "layer), 'ro', or 'none'"),
+    Opt("worktree-size", kind="value", key="worktree.size", metavar="SIZE",
+        help="size limit of the overlay's upper layer (default 1G)"),
+    Opt("hide", kind="append", key="hide.paths", metavar="PATH", complete="file",
+        help="hide PATH wherever it would appear (a directory empty, a file or socket /dev/null); "
+             "repeatable"),
+    Opt("nproc", kind="value", key="limits.nproc", metavar="N",
+        help="at most N processes and threads inside (RLIMIT_NPROC, counted in the sandbox only)"),
+    Opt("nofile", kind="value", key="limits.nofile", metavar="N", help="at most N open files per process"),
+    Opt("fsize", kind="value", key="limits.fsize", metavar="SIZE",
+        help="largest file a process may write (k/M/G suffixes): beyond it SIGXFSZ"),
+    Opt("as", kind="value", key="limits.address_space", metavar="SIZE",
+        help="virtual memory per process (k/M/G suffixes)"),
+    Opt("cpu", kind="value", key="limits.cpu", metavar="SECONDS",
+        help="CPU seconds per process: then SIGXCPU, and SIGKILL a second later"),
+    Opt("timeout", kind="value", key="limits.timeout", metavar="DURATION",
+        help="end the run after DURATION (90s, 10m, 1h): SIGTERM, SIGKILL after --kill-after; exit "
+             "status 124"),
+    Opt("kill-after", kind="value", key="limits.kill_after", metavar="DURATION",
+        help="grace between the timeout's SIGTERM and SIGKILL (default 5s)"),
+    Opt("keep", kind="value", metavar="DIR", complete="dir", scopes=("run",),
+        help="--worktree overlay: keep the upper layer (what the command added, changed and "
+             "deleted) in DIR/upper, DIR new or empty"),
+    Opt("diff", kind="flag", scopes=("run",),
+        help="--worktree overlay: list what the command added (A), changed (M) and deleted (D)"),
+    Opt("report", kind="value", metavar="FILE", complete="file", scopes=("run",),
+        help="write a JSON report to FILE: how the command ended (code, signal, timeout, limit), "
+             "its duration, the work tree's changes"),
     Opt("env", kind="env", key="env.set", metavar="NAME=VALUE",
         help="set an environment variable inside; repeatable"),
     Opt("keep-env", kind="append", key="env.keep", metavar="NAME", complete="env",
@@ -218,7 +250,7 @@ class UsageError(Exception):
 class Args:
     """The parsed command line."""
 
-    __slots__ = ("command", "profiles", "overrides", "argv", "flags", "tokens", "positionals")
+    __slots__ = ("command", "profiles", "overrides", "argv", "flags", "tokens", "positionals", "values")
 
     def __init__(self, command: str) -> None:
         self.command = command
@@ -231,6 +263,8 @@ class Args:
         self.tokens: list[str] = []
         # positional arguments of commands that take them (rootfs: VERB TARBALL DIR)
         self.positionals: list[str] = []
+        # values of options that set no profile key (--report FILE, --sha256 HEX), by name
+        self.values: dict[str, str] = {}
 
 
 def parse(argv: Sequence[str]) -> Args:
@@ -272,6 +306,9 @@ def parse(argv: Sequence[str]) -> Args:
                 if opt.name == "profile":
                     args.profiles.append(value)
                     args.tokens += ("--profile", value)
+                    continue
+                if not opt.key and opt.kind in ("value", "choice"):
+                    args.values[opt.name] = value
                     continue
                 args.overrides.append((opt, name, value))
                 args.tokens += (name, value)

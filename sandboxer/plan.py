@@ -18,7 +18,7 @@ from .idmap import describe as describe_map
 from .netplan import API_SOCKET, NetworkPlan
 from .profile import RootSwitch, RootWrites
 from .spec import EnvSpec, MountSpec, RootfsSpec, RunSpec, UserSpec
-from .wire import DEV_LINKS, DEV_NODES, LANDLOCK
+from .wire import DEV_LINKS, DEV_NODES, LANDLOCK, RLIMITS
 
 # Variables every sandbox keeps from the caller, besides the profile's own list.
 DEFAULT_KEEP = ("PATH", "TERM", "LANG", "LC_*")
@@ -32,7 +32,7 @@ LC_NAMES = (
 )
 
 MountKind = Literal["pin", "hide", "protect", "readonly-root", "sysfs", "tmpfs", "bind", "proc",
-                    "procbind", "dev"]
+                    "procbind", "dev", "mask", "seal", "overlay"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,14 @@ class MountOp:
             text = f"mount a fresh sysfs on {self.target} (ro,nosuid,nodev,noexec)"
         elif self.kind == "tmpfs":
             text = f"mount tmpfs on {self.target} ({self.options()}{create})"
+        elif self.kind == "mask":
+            text = (f"hide {self.target} where it exists, and what its symlinks name (a directory: empty, "
+                    "read-only; else /dev/null)")
+        elif self.kind == "seal":
+            text = f"read-only {self.target} where it exists (bind onto itself)"
+        elif self.kind == "overlay":
+            text = (f"overlay on {self.target}: {self.source} below, writes to a tmpfs above "
+                    f"(size={self.size}, or run --keep DIR{create})")
         else:
             what = "read-only bind" if self.readonly else "bind"
             text = f"{what} {self.source} on {self.target}{create}"
@@ -237,6 +245,10 @@ class Plan:
     warnings: tuple[str, ...]  # printed on every run
     network: NetworkPlan | None = None
     rootfs: RootfsPlan | None = None
+    limits: tuple[tuple[str, int], ...] = ()  # setrlimit(2) of the payload: (wire.LIMITS name, value)
+    timeout: float = 0.0  # seconds; 0: none
+    kill_after: float = 5.0
+    worktree: tuple[str, str] = ("", "none")  # path and mode, for the run's report
 
     # ---- renderings -------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -270,14 +282,23 @@ class Plan:
         lines += self.users.describe()
         lines.append(f"payload: {', '.join(self.hardening)}")
         lines += self.isolation.describe()
+        if self.limits:
+            lines.append("payload: limits (soft = hard): " + ", ".join(f"{RLIMITS[n]} {v}" for n, v in self.limits))
         lines.append(f"payload: {self.env.describe()}")
         lines.append(f"payload: cd {shlex.quote(self.cwd)}; exec {shlex.join(['--', *self.command])}")
+        if self.timeout:
+            lines.append(f"supervisor: after {self.timeout:g} s SIGTERM to the payload, after {self.kill_after:g} s "
+                         "more SIGKILL to the sandbox; exit status 124")
+        if self.worktree[1] == "overlay":
+            lines.append("stage: after the payload, list the overlay's upper layer: what it added, changed "
+                         "and deleted in the work tree")
         return lines + [f"summary: {line}" for line in self.summary()]
 
     def summary(self) -> list[str]:
         """What the payload can and cannot reach, in a few lines."""
         ops = (*self.guards, *self.mounts, *(self.rootfs.mounts if self.rootfs else ()))
         hidden = [op.target for op in ops if op.kind == "hide"]
+
         hidden += [op.target for op in self.mounts if op.kind == "tmpfs" and op.why.startswith("private")]
         lines = []
         if self.rootfs:
@@ -287,13 +308,20 @@ class Plan:
             lines.append("read-only: the host's whole tree, except what is listed as writable")
         if hidden:
             lines.append("hidden (empty or private in the sandbox): " + ", ".join(hidden))
+        masked = [op.target for op in ops if op.kind == "mask"]
+        if masked:
+            lines.append("hidden where they exist: " + ", ".join(masked))
         if any(op.kind == "sysfs" for op in self.mounts):
             lines.append("hidden: the host's network interfaces (/sys is the sandbox's own)")
+        sealed = [op.target for op in ops if op.kind == "seal"]
+        if sealed:
+            lines.append("read-only inside the work tree, where they exist: " + ", ".join(sealed))
         protected = [op.target for op in self.guards if op.kind == "protect"]
         if protected:
             lines.append("read-only even inside writable binds: " + ", ".join(protected)
                          + " (sandboxer's own installation)")
         writable = [op.target for op in ops if op.kind == "tmpfs" and not op.why.startswith("private")]
+        writable += [f"{op.target} (an overlay: writes discarded)" for op in ops if op.kind == "overlay"]
         writable += [f"{op.target} (bind of {op.source})" if op.source != op.target else op.target
                      for op in ops if op.kind == "bind" and not op.readonly]
         if writable:
@@ -336,4 +364,5 @@ class Plan:
             landlock=sum(LANDLOCK[name] for name in self.isolation.required),
             apidir=bool(self.network and self.network.api),
             warnings=self.warnings,
+            limits=self.limits, timeout=self.timeout, kill_after=self.kill_after, worktree=self.worktree,
         )

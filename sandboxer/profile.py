@@ -33,6 +33,47 @@ Size = Annotated[
     Field(ge=TMPFS_MIN, le=TMPFS_MAX, description="bytes, or a string with a k/M/G suffix"),
 ]
 
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def parse_duration(value: object) -> object:
+    """'90s', '10m', '1.5h', '500ms' or a number of seconds -> seconds (a float)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if not m:
+            raise ValueError(f"expected a duration such as 90s, 10m, 1h or 500ms, got {value!r}")
+        return float(m.group(1)) * _SECONDS[m.group(2)]
+    return value
+
+
+def parse_count(value: object) -> object:
+    """'100' (from a command-line flag) -> 100; ints pass through."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
+def parse_bytes(value: object) -> object:
+    """A size limit of any size: '64M', '2G', '512k' or bytes."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return parse_size(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration),
+                     Field(gt=0, le=366 * 86400, description="seconds, or 90s, 10m, 1h, 500ms")]
+Bytes = Annotated[int, BeforeValidator(parse_bytes),
+                  Field(ge=1, le=2**62, description="bytes, or a string with a k/M/G suffix")]
+
+
+Count = Annotated[int, BeforeValidator(parse_count)]
+
+
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
@@ -289,6 +330,60 @@ class Security(_Section):
     )
 
 
+class Worktree(_Section):
+    """[worktree]: the directory a build works in, typically a checkout under your home."""
+
+    mode: Literal["none", "rw", "overlay", "ro"] = Field(
+        "none",
+        description="'none': no work tree; 'rw': writes land in the real tree, but for the paths "
+        "of 'protect' (and the profile file), kept read-only; 'overlay': writes go to a throwaway "
+        "upper layer (run --keep DIR saves it, --diff lists it); 'ro': read-only",
+    )
+    path: Path = Field(".", description="the work tree (default: the current directory)")
+    size: Size = Field(1024 * MIB, description="size limit of the overlay's upper layer, a tmpfs (1M to 64G)")
+    protect: list[Text] = Field(
+        default_factory=lambda: [".git", ".envrc", ".hg"],
+        max_length=64,
+        description="paths in the tree kept read-only in 'rw' mode, where they exist: what would run "
+        "later on the host (.git's hooks and config, direnv's .envrc)",
+    )
+
+    @field_validator("protect")
+    @classmethod
+    def _protect(cls, value: list[str]) -> list[str]:
+        for rel in value:
+            if not rel or rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(f"expected a path relative to the tree, without '..', got {rel!r}")
+        return value
+
+
+class Limits(_Section):
+    """[limits]: resource limits of the command (setrlimit(2), like prlimit's), and a timeout."""
+
+    nproc: Count | None = Field(None, ge=1, le=2**22, description="processes and threads of your uid "
+                                "inside the sandbox (RLIMIT_NPROC, counted in the sandbox's own user "
+                                "namespace, not among your others)")
+    nofile: Count | None = Field(None, ge=3, le=2**20, description="open files per process (RLIMIT_NOFILE)")
+    fsize: Bytes | None = Field(None, description="largest file a process may write (RLIMIT_FSIZE); "
+                                "bytes or k/M/G")
+    address_space: Bytes | None = Field(None, description="virtual memory per process (RLIMIT_AS); bytes "
+                                        "or k/M/G")
+    cpu: Count | None = Field(None, ge=1, le=2**31, description="CPU seconds per process (RLIMIT_CPU): "
+                              "SIGXCPU, then SIGKILL a second later")
+    timeout: Duration | None = Field(None, description="wall-clock limit of the whole run: then SIGTERM, "
+                                     "and SIGKILL after kill_after; exit status 124")
+    kill_after: Duration = Field(5.0, description="grace after the timeout's SIGTERM before SIGKILL")
+
+
+class Hide(_Section):
+    """[hide]: paths the sandbox must not show, wherever they would appear (a bind of your home
+    or of a tree holding them): a directory becomes empty, anything else (a file, a socket)
+    /dev/null; missing paths are skipped. Checked when the sandbox starts."""
+
+    paths: list[Path] = Field(default_factory=list, max_length=256,
+                              description="paths to hide ('~/' is your home)")
+
+
 RootSwitch = Literal["pivot_root", "chroot"]
 RootWrites = Literal["persist", "read-only", "overlay"]
 
@@ -330,4 +425,7 @@ class Profile(_Section):
     env: Env = Env()
     mounts: list[Mount] = Field(default_factory=list, max_length=256)
     rootfs: Rootfs = Rootfs()
+    worktree: Worktree = Worktree()
+    limits: Limits = Limits()
+    hide: Hide = Hide()
     security: Security = Security()

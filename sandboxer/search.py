@@ -7,6 +7,11 @@ then the profiles shipped with sandboxer (in the package, so pip and pipx instal
 A reference is a path when it ends in .toml or holds a '/', else a name. On the command line a
 name is told from the command by `--`: `sandboxer run NAME -- CMD` (see options.parse).
 
+A project's ./profiles may add names, never redefine one found further along: the main use of
+sandboxer is a build in a checkout you do not trust, and that checkout's profiles/build.toml
+would otherwise decide how isolated `sandboxer run build` is. Such a name is an error; the
+project's file is used only when named as a path.
+
 On the hot path of `sandboxer run`: imports only os.
 """
 
@@ -18,6 +23,7 @@ from .errors import SandboxerError
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
 SYSTEM = "/etc/sandboxer/profiles"
+PROJECT = "./profiles"
 
 
 def is_path(ref: str) -> bool:
@@ -35,7 +41,7 @@ def search_dirs(environ: dict[str, str] | os._Environ[str], cwd: str, home: str)
     if not config.startswith("/"):
         config = os.path.join(home, ".config")
     dirs = [
-        (os.path.join(cwd, "profiles"), "./profiles"),
+        (os.path.join(cwd, "profiles"), PROJECT),
         (os.path.join(config, "sandboxer", "profiles"), "$XDG_CONFIG_HOME/sandboxer/profiles"),
         (SYSTEM, SYSTEM),
         (SHIPPED, "shipped with sandboxer"),
@@ -57,10 +63,18 @@ def find(ref: str, environ: dict[str, str] | os._Environ[str], cwd: str, home: s
         return ref
     dirs = search_dirs(environ, cwd, home)
     if valid_name(ref):
-        for directory, _shown in dirs:
+        for index, (directory, shown) in enumerate(dirs):
             path = os.path.join(directory, ref + ".toml")
-            if os.path.isfile(path):
-                return path
+            if not os.path.isfile(path):
+                continue
+            trusted = _later(ref, dirs[index + 1:]) if shown == PROJECT else ""
+            if trusted:
+                raise SandboxerError(
+                    f"{path} (this directory's) would replace the profile {ref!r} of {trusted}: a "
+                    "project may add profiles, not redefine one you trust",
+                    f"to use the project's on purpose, name its file: sandboxer run ./profiles/{ref}.toml -- ...",
+                )
+            return path
     searched = ", ".join(d for d, _ in dirs)
     raise SandboxerError(
         f"no profile named {ref!r} (searched {searched})",
@@ -69,11 +83,23 @@ def find(ref: str, environ: dict[str, str] | os._Environ[str], cwd: str, home: s
     )
 
 
+def _later(name: str, dirs: list[tuple[str, str]]) -> str:
+    """Where else on the search path a profile of this name is ("" if nowhere)."""
+    for directory, _shown in dirs:
+        path = os.path.join(directory, name + ".toml")
+        if os.path.isfile(path):
+            return path
+    return ""
+
+
 def every(environ: dict[str, str] | os._Environ[str], cwd: str, home: str) -> list[tuple[str, str, str, bool]]:
-    """Every profile found: (name, path, where, shadowed by an earlier one of the same name)."""
+    """Every profile found: (name, path, where, shadowed by an earlier one of the same name).
+    A project's profile that would redefine a later one is listed as refused, and the later
+    one as in use."""
     found = []
     names: set[str] = set()
-    for directory, shown in search_dirs(environ, cwd, home):
+    dirs = search_dirs(environ, cwd, home)
+    for index, (directory, shown) in enumerate(dirs):
         try:
             entries = sorted(os.listdir(directory))
         except OSError:
@@ -84,6 +110,9 @@ def every(environ: dict[str, str] | os._Environ[str], cwd: str, home: str) -> li
                 continue
             path = os.path.join(directory, entry)
             if not os.path.isfile(path):
+                continue
+            if shown == PROJECT and _later(name, dirs[index + 1:]):
+                found.append((name, path, f"{shown}  (refused by name: it would redefine the one below)", False))
                 continue
             found.append((name, path, shown, name in names))
             names.add(name)

@@ -52,6 +52,22 @@ def mount(op: MountOp, root: bool = False, source: str = "") -> list[str]:
                   f"mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts {d}/pts",
                   f"mount -t tmpfs -o nosuid,nodev,mode=1777,size=64m tmpfs {d}/shm"]
         return lines + [f"ln -s {q(t)} {d}/{n}" for n, t in DEV_LINKS]
+    if op.kind == "mask":
+        return [f"for p in {target} \"$(realpath -m -- {target})\"; do",
+                '    if [ -d "$p" ]; then mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k,mode=0555 tmpfs "$p"',
+                '    elif [ -e "$p" ]; then mount --bind /dev/null "$p" && mount -o remount,bind,ro -- "$p"; fi',
+                "done"]
+    if op.kind == "seal":
+        return [f"if [ -e {target} ]; then mount --rbind -- {target} {target} && "
+                f"mount -o remount,bind,ro -- {target}; fi"]
+    if op.kind == "overlay":
+        by_fd = source.startswith('"')
+        return [*lines, f"mount {'-c ' if by_fd else ''}--rbind -- {source} {target}",
+                "ovl=$(mktemp -d)",
+                f'mount -t tmpfs -o size={op.size},mode=0700 tmpfs "$ovl"; mkdir "$ovl/upper" "$ovl/work"',
+                f'mount -t overlay -o "lowerdir={op.target},upperdir=$ovl/upper,workdir=$ovl/work,userxattr" '
+                f"overlay {target}",
+                'umount -l "$ovl"']
     if op.kind in ("pin", "bind", "protect"):
         if op.kind != "bind":
             source = q(op.target)
@@ -102,7 +118,7 @@ def _mounts(plan: Plan) -> list[str]:
     for index, op in enumerate(plan.mounts):
         if op.kind == "readonly-root":
             for later, bind in enumerate(plan.mounts[index + 1:], index + 1):
-                if bind.kind != "bind":
+                if bind.kind not in ("bind", "overlay"):
                     continue
                 fd = next(free, None)
                 if fd is None:

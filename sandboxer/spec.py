@@ -11,14 +11,14 @@ inspect, several ms), no imports.
 
 from __future__ import annotations
 
-from .wire import LANDLOCK, MOUNT_KINDS, ROOT_SWITCHES, ROOT_WRITES
+from .wire import LANDLOCK, MOUNT_KINDS, RLIMITS, ROOT_SWITCHES, ROOT_WRITES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TypeAlias
 
     # what data() returns: what marshal writes, and from_data() checks
-    Data: TypeAlias = "str | int | bool | None | tuple[Data, ...]"
+    Data: TypeAlias = "str | int | float | bool | None | tuple[Data, ...]"
 
 
 class SpecError(ValueError):
@@ -35,6 +35,17 @@ def _int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise SpecError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _float(value: object) -> float:
+    if not isinstance(value, float):
+        raise SpecError(f"expected a number, got {type(value).__name__}")
+    return value
+
+
+def _pair(value: object) -> tuple[str, str]:
+    first, second = _tuple(value, 2)
+    return _str(first), _str(second)
 
 
 def _bool(value: object) -> bool:
@@ -202,14 +213,17 @@ class RunSpec:
     """Everything a run of one plan needs."""
 
     __slots__ = ("outer", "pid", "hostname", "lo", "users", "cwd", "env", "command", "mounts",
-                 "rootfs", "network", "landlock", "apidir", "warnings")
+                 "rootfs", "network", "landlock", "apidir", "warnings", "limits", "timeout", "kill_after",
+                 "worktree")
 
-    VERSION = 2  # of data(): part of the plan cache key
+    VERSION = 3  # of data(): part of the plan cache key
 
     def __init__(self, *, outer: tuple[str, ...], pid: bool, hostname: str, lo: bool,
                  users: UserSpec, cwd: str, env: EnvSpec, command: tuple[str, ...],
                  mounts: tuple[MountSpec, ...], rootfs: RootfsSpec | None, network: NetSpec | None,
-                 landlock: int, apidir: bool, warnings: tuple[str, ...]) -> None:
+                 landlock: int, apidir: bool, warnings: tuple[str, ...],
+                 limits: tuple[tuple[str, int], ...] = (), timeout: float = 0.0, kill_after: float = 5.0,
+                 worktree: tuple[str, str] = ("", "none")) -> None:
         self.outer = outer  # unshare ... -- sandboxer-stage
         self.pid = pid
         self.hostname = hostname
@@ -224,19 +238,24 @@ class RunSpec:
         self.landlock = landlock
         self.apidir = apidir
         self.warnings = warnings
+        self.limits = limits  # (wire.RLIMITS name, value)
+        self.timeout = timeout  # seconds of the whole run; 0: none
+        self.kill_after = kill_after
+        self.worktree = worktree  # its path and mode, for the report
 
     def data(self) -> Data:
         return (
             self.VERSION, self.outer, self.pid, self.hostname, self.lo, self.users.data(), self.cwd,
             self.env.data(), self.command, tuple(op.data() for op in self.mounts),
             self.rootfs.data() if self.rootfs else None, self.network.data() if self.network else None,
-            self.landlock, self.apidir, self.warnings,
+            self.landlock, self.apidir, self.warnings, self.limits, self.timeout, self.kill_after,
+            self.worktree,
         )
 
     @classmethod
     def from_data(cls, data: object) -> RunSpec:
         (version, outer, pid, hostname, lo, users, cwd, env, command, mounts, rootfs, network,
-         landlock, apidir, warnings) = _tuple(data, 15)
+         landlock, apidir, warnings, limits, timeout, kill_after, worktree) = _tuple(data, 19)
         if version != cls.VERSION:
             raise SpecError(f"run spec version {version!r}, expected {cls.VERSION}")
         bits = _int(landlock)
@@ -249,4 +268,7 @@ class RunSpec:
             rootfs=None if rootfs is None else RootfsSpec.from_data(rootfs),
             network=None if network is None else NetSpec.from_data(network),
             landlock=bits, apidir=_bool(apidir), warnings=_strs(warnings),
+            limits=tuple((_one_of(n, tuple(RLIMITS)), _int(v)) for n, v in (_tuple(p, 2) for p in _tuple(limits))),
+            timeout=_float(timeout), kill_after=_float(kill_after),
+            worktree=_pair(worktree),
         )

@@ -26,6 +26,7 @@
  * other, and what the stage receives for each shipped profile is a golden file.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -47,11 +48,13 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "wire.h"
@@ -133,6 +136,7 @@ struct mount_op {
 	long size;
 	int readonly, create;
 	long owner_uid, owner_gid; /* a tmpfs's owner in the outer namespace; -1: ours */
+	char *resolved; /* a mask: what its symlinks name on the host, before any mount */
 	int tree; /* a bind: its source, cloned (open_tree) before anything covered it; else -1 */
 };
 
@@ -141,6 +145,12 @@ struct config {
 	const char *uid_map, *gid_map; /* the payload's user namespace, as /proc takes them */
 	int maps_by_stage; /* several ids: the stage writes the maps; else the payload, one id */
 	long runas_uid, runas_gid; /* -1: keep the ids the map gives */
+	struct {
+		int resource;
+		long value;
+	} limits[8];
+	size_t nlimits;
+	const char *keep; /* NULL: the overlay's upper layer lives on a tmpfs */
 	long ppid;
 	const char *hostname, *cwd, *resolv, *hosts; /* resolv == NULL: no network files */
 	const char *tap; /* NULL: no tap device to make */
@@ -406,6 +416,20 @@ static void read_config(int fd)
 				die("the stage's config has negative ids to run as (sandboxer bug)");
 			break;
 		case TAG_CWD: cfg.cwd = field(name); break;
+		case TAG_LIMIT: {
+			const char *what = field(name);
+			long value = number(name);
+			int found = -1;
+			for (int r = 0; RLIMITS[r].name; r++)
+				if (!strcmp(what, RLIMITS[r].name))
+					found = r;
+			if (found < 0 || value < 0 || cfg.nlimits >= sizeof cfg.limits / sizeof cfg.limits[0])
+				die("the stage's config has an unknown or bad limit '%s' (sandboxer bug)", what);
+			cfg.limits[cfg.nlimits].resource = RLIMITS[found].resource;
+			cfg.limits[cfg.nlimits++].value = value;
+			break;
+		}
+		case TAG_KEEP: cfg.keep = field(name); break;
 		case TAG_MOUNT: mount_record(&cfg.mounts, &cfg.nmounts, name); break;
 		case TAG_ROOTFS:
 			cfg.rootfs_dir = field(name);
@@ -515,6 +539,16 @@ static void print_config(void)
 		printf("[%ld, %ld]", cfg.runas_uid, cfg.runas_gid);
 	else
 		fputs("null", stdout);
+	fputs(", \"limits\": [", stdout);
+	for (size_t i = 0; i < cfg.nlimits; i++) {
+		const char *name = "?";
+		for (int r = 0; RLIMITS[r].name; r++)
+			if (RLIMITS[r].resource == cfg.limits[i].resource)
+				name = RLIMITS[r].name;
+		printf("%s[\"%s\", %ld]", i ? ", " : "", name, cfg.limits[i].value);
+	}
+	fputs("], \"keep\": ", stdout);
+	json_string(cfg.keep);
 	fputs(", \"cwd\": ", stdout);
 	json_string(cfg.cwd);
 	fputs(", \"mounts\": ", stdout);
@@ -705,6 +739,17 @@ static void move_tree(const struct mount_op *op)
 		make_readonly(op->target);
 }
 
+static const char *scratch_dir(void)
+{
+	for (const char *const *d = SCRATCH_DIRS; *d; d++)
+		if (is_dir(*d) && !is_link(*d))
+			return *d;
+	return NULL;
+}
+
+static int keep_tree = -1; /* --keep's directory, cloned before the host's tree was made read-only */
+static int upper_fd = -1, lower_fd = -1; /* the work tree overlay's layers, for its changes */
+
 /* Clone the source of every bind after ops[from] (open_tree: a detached copy of the mount tree
  * at the source, submounts included), while the host's tree is still as the user sees it:
  * later mounts (a tmpfs HOME over ~/project, a private /tmp) cover paths, not these copies.
@@ -714,7 +759,11 @@ static void move_tree(const struct mount_op *op)
 static void clone_sources(struct mount_op *ops, size_t n, size_t from)
 {
 	for (size_t i = from; i < n; i++) {
-		if (ops[i].kind != MK_BIND)
+		if (ops[i].kind == MK_OVERLAY && cfg.keep && keep_tree < 0) {
+			keep_tree = (int)syscall(SYS_open_tree, AT_FDCWD, cfg.keep, SBX_OPEN_TREE_CLONE | O_CLOEXEC);
+			CHECK(keep_tree, "cannot take --keep's directory %s", cfg.keep);
+		}
+		if (ops[i].kind != MK_BIND && ops[i].kind != MK_OVERLAY)
 			continue;
 		source_is_dir(ops[i].source); /* the usual error for a missing source */
 		ops[i].tree = (int)syscall(SYS_open_tree, AT_FDCWD, ops[i].source,
@@ -735,11 +784,102 @@ static void readonly_host(void)
 	      "cannot keep /proc writable");
 }
 
+/* Hide what is at path, where something is: a directory behind an empty read-only tmpfs,
+ * anything else (a file, a socket, a device) behind /dev/null. mount(2) follows symlinks: what
+ * a symlink names is hidden. */
+static void mask_path(const char *path, const struct mount_op *op)
+{
+	struct stat st;
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
+			return;
+		die("cannot tell whether %s exists, so cannot hide it: %s", path, strerror(errno));
+	}
+	if (S_ISDIR(st.st_mode)) {
+		char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
+		CHECK(mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data),
+		      "cannot hide %s", path);
+		free(data);
+		return;
+	}
+	CHECK(mount("/dev/null", path, NULL, MS_BIND, NULL), "cannot hide %s", path);
+	make_readonly(path);
+}
+
+/* A path of the work tree read-only, where it exists: what would run on the host later (git's
+ * hooks and config, direnv's .envrc) stays as it was. */
+static void seal_path(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
+			return;
+		die("cannot tell whether %s exists, so cannot make it read-only: %s", path, strerror(errno));
+	}
+	CHECK(mount(path, path, NULL, MS_BIND | MS_REC, NULL), "cannot bind %s onto itself", path);
+	make_readonly(path);
+}
+
+/* The work tree as an overlay: the tree (cloned before anything covered it) below, and above a
+ * tmpfs, or --keep's directory, that takes every write. The upper layer is prepared on a scratch
+ * directory that is detached again: the overlay keeps its own reference, and the stage an fd to
+ * list the changes after the payload. */
+static void overlay_tree(struct mount_op *op)
+{
+	move_tree(op);
+	lower_fd = open(op->target, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(lower_fd, "the work tree %s", op->target);
+	const char *scratch = scratch_dir();
+	if (!scratch)
+		die("no scratch directory (/tmp, /run, /mnt) for the overlay's upper layer");
+	if (keep_tree >= 0) {
+		CHECK(syscall(SYS_move_mount, keep_tree, "", AT_FDCWD, scratch, SBX_MOVE_MOUNT_F_EMPTY_PATH),
+		      "cannot mount --keep's directory %s", cfg.keep);
+		close(keep_tree);
+	} else {
+		char *data = fmt("size=%ld,mode=0700", op->size);
+		CHECK(mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, data), "cannot mount a tmpfs on %s",
+		      scratch);
+		free(data);
+	}
+	int top = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(top, "cannot open %s", scratch);
+	char *upper = fmt("/proc/self/fd/%d/upper", top), *work = fmt("/proc/self/fd/%d/work", top);
+	CHECK(mkdir(upper, 0755), "cannot create the overlay's upper layer%s%s", cfg.keep ? " in " : "",
+	      cfg.keep ? cfg.keep : "");
+	CHECK(mkdir(work, 0700), "cannot create the overlay's work directory");
+	char *target = fmt("/proc/self/fd/%d", lower_fd);
+	char *data = fmt("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", target, upper, work);
+	if (mount("overlay", target, "overlay", 0, data) < 0)
+		die("cannot mount an overlay on the work tree %s: %s%s", op->target, strerror(errno),
+		    errno == EINVAL && cfg.keep ? " (does --keep's filesystem support user.* xattrs?)" : "");
+	upper_fd = open(upper, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	CHECK(upper_fd, "cannot open the overlay's upper layer");
+	/* the layers are the overlay's now: the scratch mount goes from every path */
+	CHECK(umount2(scratch, MNT_DETACH), "cannot detach %s", scratch);
+	close(top);
+	free(upper), free(work), free(target), free(data);
+}
+
 static void apply_mount(struct mount_op *ops, size_t n, size_t i)
 {
-	const struct mount_op *op = &ops[i];
+	struct mount_op *op = &ops[i];
 	if (op->kind == MK_BIND && op->tree >= 0) {
 		move_tree(op);
+		return;
+	}
+	if (op->kind == MK_OVERLAY) {
+		overlay_tree(op);
+		return;
+	}
+	if (op->kind == MK_MASK) {
+		mask_path(op->target, op);
+		if (op->resolved && strcmp(op->resolved, op->target))
+			mask_path(op->resolved, op);
+		return;
+	}
+	if (op->kind == MK_SEAL) {
+		seal_path(op->target);
 		return;
 	}
 	if (op->kind == MK_PIN || op->kind == MK_PROTECT || op->kind == MK_BIND) {
@@ -778,14 +918,6 @@ static void apply_mount(struct mount_op *ops, size_t n, size_t i)
 	char *data = tmpfs_options(op);
 	CHECK(mount("tmpfs", op->target, "tmpfs", flags, data), "cannot mount tmpfs on %s", op->target);
 	free(data);
-}
-
-static const char *scratch_dir(void)
-{
-	for (const char *const *d = SCRATCH_DIRS; *d; d++)
-		if (is_dir(*d) && !is_link(*d))
-			return *d;
-	return NULL;
 }
 
 /* Where to bind a file over path: path itself, or what its symlink chain names.
@@ -908,7 +1040,8 @@ static void loopback_up(void)
 
 /* ---- another root filesystem -------------------------------------------------------------- */
 /* An O_PATH fd of rel inside the tree at rootfd, one component at a time, never following a
- * symlink; missing components are made (directories, or a file last if create == 'f'). */
+ * symlink; missing components are made (directories, or a file last if create == 'f'). With
+ * create == 'q', -1 where a component is missing or a symlink (nothing there to mask). */
 static int walk(int rootfd, const char *rel, char create)
 {
 	char *copy = xstrdup(rel), *save = NULL;
@@ -930,6 +1063,11 @@ static int walk(int rootfd, const char *rel, char create)
 		size_t used = strlen(shown);
 		snprintf(shown + used, sizeof shown - used, "/%s", name);
 		int nfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (nfd < 0 && (errno == ENOENT || errno == ENOTDIR) && create == 'q') {
+			close(fd);
+			free(copy);
+			return -1;
+		}
 		if (nfd < 0 && errno == ENOENT) {
 			if (!create)
 				die("rootfs: mount target %s does not exist", shown);
@@ -942,6 +1080,12 @@ static int walk(int rootfd, const char *rel, char create)
 		CHECK(nfd, "rootfs: cannot open %s", shown);
 		struct stat st;
 		CHECK(fstat(nfd, &st), "rootfs: cannot stat %s", shown);
+		if (create == 'q' && (S_ISLNK(st.st_mode) || (next && !S_ISDIR(st.st_mode)))) {
+			close(nfd);
+			close(fd);
+			free(copy);
+			return -1;
+		}
 		if (S_ISLNK(st.st_mode))
 			die("rootfs: %s is a symlink; refusing to mount over it", shown);
 		if (next && !S_ISDIR(st.st_mode))
@@ -1070,6 +1214,18 @@ static int setup_rootfs(void)
 					     fmt("cannot make %s read-only", op->target));
 				close(fd);
 			}
+		} else if (op->kind == MK_MASK || op->kind == MK_SEAL) {
+			/* inside the tree a symlink names a path of the tree: only what is there is masked */
+			int fd = walk(rootfd, op->target, 'q');
+			if (fd < 0)
+				continue;
+			char *path = fmt("/proc/self/fd/%d", fd);
+			if (op->kind == MK_SEAL)
+				seal_path(path);
+			else
+				mask_path(path, op);
+			free(path);
+			close(fd);
 		} else {
 			die("mount kind %s cannot be applied in a rootfs (sandboxer bug: reinstall sandboxer)", MOUNT_KIND_NAMES[op->kind]);
 		}
@@ -1343,6 +1499,109 @@ static void exec_payload(void)
 	_exit(127);
 }
 
+/* ---- the work tree's changes ----------------------------------------------------------------- */
+static void deleted_below(int upper, int lower, const char *rel);
+
+static void send_change(char code, const char *rel)
+{
+	size_t n = strlen(rel);
+	char *out = malloc(2 * n + 1), *p = out;
+	if (!out)
+		die("out of memory");
+	for (const char *c = rel; *c; c++) {
+		if (*c == '\\' || *c == '\n') {
+			*p++ = '\\';
+			*p++ = *c == '\n' ? 'n' : '\\';
+		} else {
+			*p++ = *c;
+		}
+	}
+	*p = '\0';
+	status("%c%c%s\n", STATUS_CHANGE, code, out);
+	free(out);
+}
+
+/* What the payload did to the work tree, from the overlay's upper layer: a whiteout (a 0/0
+ * character device) is a deletion; an entry the lower layer has is a change, one it lacks an
+ * addition (a new directory's contents too); an opaque directory (user.overlay.opaque) replaced
+ * the lower one, whose entries it does not show are deletions. */
+static void report_changes(int upper, int lower, const char *rel, int added)
+{
+	int dirfd = openat(upper, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0)
+		return;
+	DIR *d = fdopendir(dirfd);
+	if (!d) {
+		close(dirfd);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char *path = rel[0] ? fmt("%s/%s", rel, e->d_name) : fmt("%s", e->d_name);
+		struct stat st, lst;
+		if (fstatat(upper, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			free(path);
+			continue;
+		}
+		if (S_ISCHR(st.st_mode) && st.st_rdev == 0) {
+			send_change('D', path);
+			free(path);
+			continue;
+		}
+		int below = !added && lower >= 0 && fstatat(lower, e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0;
+		if (!S_ISDIR(st.st_mode)) {
+			send_change(below ? 'M' : 'A', path);
+			free(path);
+			continue;
+		}
+		int sub = openat(upper, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0) {
+			free(path);
+			continue;
+		}
+		char opaque[2] = "";
+		int is_opaque = fgetxattr(sub, "user.overlay.opaque", opaque, sizeof opaque) == 1 && opaque[0] == 'y';
+		if (!below || !S_ISDIR(lst.st_mode)) {
+			send_change(below ? 'M' : 'A', path);
+			report_changes(sub, -1, path, 1);
+		} else {
+			int lsub = openat(lower, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (is_opaque && lsub >= 0)
+				deleted_below(sub, lsub, path);
+			report_changes(sub, lsub, path, 0);
+			if (lsub >= 0)
+				close(lsub);
+		}
+		close(sub);
+		free(path);
+	}
+	closedir(d);
+}
+
+/* An opaque directory: the lower directory's entries it does not have are gone. */
+static void deleted_below(int upper, int lower, const char *rel)
+{
+	int dirfd = openat(lower, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = dirfd < 0 ? NULL : fdopendir(dirfd);
+	if (!d) {
+		if (dirfd >= 0)
+			close(dirfd);
+		return;
+	}
+	struct dirent *e;
+	struct stat st;
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+		    fstatat(upper, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			char *path = fmt("%s/%s", rel, e->d_name);
+			send_change('D', path);
+			free(path);
+		}
+	closedir(d);
+}
+
 static void payload_child(int rootfd, int ask, int answer) __attribute__((noreturn));
 static void payload_child(int rootfd, int ask, int answer)
 {
@@ -1364,6 +1623,25 @@ static void payload_child(int rootfd, int ask, int answer)
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL), "cannot create a fresh session keyring");
+	/* Before the user namespace: it takes the RLIMIT_NPROC of its creator as its own, and counts
+	 * the processes of each uid in it apart from the same uid's elsewhere, so N holds for the
+	 * sandbox while the user's other processes are not counted (and can still start). Soft =
+	 * hard: the payload cannot raise them. CPU: SIGXCPU at N seconds, SIGKILL one later. */
+	for (size_t i = 0; i < cfg.nlimits; i++) {
+		/* above the hard limit we have, the lower one already holds (and raising it needs
+		 * privilege over the host) */
+		struct rlimit now;
+		CHECK(getrlimit(cfg.limits[i].resource, &now), "cannot read a resource limit");
+		rlim_t v = (rlim_t)cfg.limits[i].value;
+		if (now.rlim_max != RLIM_INFINITY && v > now.rlim_max)
+			v = now.rlim_max;
+		rlim_t hard = cfg.limits[i].resource == RLIMIT_CPU ? v + 1 : v;
+		if (now.rlim_max != RLIM_INFINITY && hard > now.rlim_max)
+			hard = now.rlim_max;
+		struct rlimit rl = {v, hard};
+		CHECK(setrlimit(cfg.limits[i].resource, &rl), "cannot set the payload's resource limit %d to %ld",
+		      cfg.limits[i].resource, cfg.limits[i].value);
+	}
 	enter_user_namespace(ask, answer);
 	if (rootfd >= 0)
 		enter_chroot(rootfd);
@@ -1511,6 +1789,9 @@ int main(int argc, char **argv)
 	if (!ABIS[0].arch)
 		die("no TIOCSTI filter for this architecture; refusing to run");
 	for (size_t i = 0; i < cfg.nmounts; i++)
+		if (cfg.mounts[i].kind == MK_MASK) /* a symlink's target as the host has it, before mounts */
+			cfg.mounts[i].resolved = resolve(cfg.mounts[i].target);
+	for (size_t i = 0; i < cfg.nmounts; i++)
 		apply_mount(cfg.mounts, cfg.nmounts, i);
 	if (cfg.tap)
 		persistent_tap(cfg.tap); /* before a rootfs switch: the tree's /dev has no net/tun */
@@ -1594,9 +1875,11 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
-	status("%c%d\n", STATUS_EXIT, wstatus);
 	if (!cfg.pid)
 		kill_descendants();
+	if (upper_fd >= 0)
+		report_changes(upper_fd, lower_fd, "", 0);
+	status("%c%d\n", STATUS_EXIT, wstatus);
 	if (WIFSIGNALED(wstatus))
 		_exit(128 + WTERMSIG(wstatus));
 	_exit(WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 125);

@@ -27,18 +27,21 @@ from .wire import CONFIG_FD, CONTROL_FD, GO, STATUS, STATUS_FD, STDERR_FD, WireE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .helper import Helper
+    from .outcome import Changes
     from .spec import RunSpec
 
 SETUP_TIMEOUT = 30.0  # from spawn to "ready": namespaces and mounts take milliseconds
+EXIT_TIMEOUT = 124  # the run's --timeout ended it, as timeout(1)
 REAP_TIMEOUT = 5.0  # from the payload's end to unshare's exit
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
 
 
-def stage_config(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int) -> bytes:
+def stage_config(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int,
+                 keep: str = "") -> bytes:
     """The stage's config for this run (wire.py); a NUL in a value is refused, not passed on."""
     try:
-        return encode(spec, tty=tty, env=env, argv=argv, ppid=ppid)
+        return encode(spec, tty=tty, env=env, argv=argv, ppid=ppid, keep=keep)
     except WireError as e:
         raise SandboxerError(str(e), "remove it") from None
 
@@ -137,8 +140,16 @@ def _find_child(pid: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, spec: RunSpec, argv: list[str] | None, *, debug: bool = False):
+    def __init__(self, spec: RunSpec, argv: list[str] | None, *, debug: bool = False, keep: str = ""):
         self.spec = spec
+        self.keep = keep
+        self.changes: Changes | None = None
+        if spec.worktree[1] == "overlay":
+            from .outcome import Changes
+
+            self.changes = Changes()
+        self.timed_out = False
+        self.deadline = 0.0  # of the run's timeout, then of its grace; 0: none
         self.argv = argv or list(spec.command)
         self.debug = debug
         self.tty = _interactive()
@@ -158,7 +169,7 @@ class Supervisor:
     def _spawn(self) -> tuple[int, int, int]:
         outer = list(self.spec.outer)
         blob = stage_config(self.spec, tty=self.tty, env=self.spec.env.build(dict(os.environ)),
-                            argv=self.argv, ppid=os.getpid())
+                            argv=self.argv, ppid=os.getpid(), keep=self.keep)
         cfg_r, cfg_w = os.pipe()
         st_r, st_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
@@ -230,12 +241,20 @@ class Supervisor:
 
         deadline = time.monotonic() + SETUP_TIMEOUT
         while True:
-            timeout = None if self.ready else max(0.0, deadline - time.monotonic())
+            if not self.ready:
+                timeout: float | None = max(0.0, deadline - time.monotonic())
+            elif self.deadline:
+                timeout = max(0.0, self.deadline - time.monotonic())
+            else:
+                timeout = None
             watch = [pidfd, wake_r] + ([st_r] if self.status_open else [])
             if self.net is not None:
                 watch.append(self.net.pidfd)
             readable, _, _ = select.select(watch, [], [], timeout)
             if not readable:
+                if self.ready:
+                    self.on_timeout(time.monotonic())
+                    continue
                 self.on_setup_timeout()
             if self.net is not None and self.net.pidfd in readable:
                 self.on_helper_died()
@@ -253,6 +272,25 @@ class Supervisor:
 
     def on_setup_timeout(self) -> None:
         raise SandboxerError(f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug")
+
+    def on_timeout(self, now: float) -> None:
+        """The run's --timeout: SIGTERM to the payload (through the stage), and when the grace
+        is over too, SIGKILL to the whole sandbox."""
+        if self.exit_status is not None:
+            self.deadline = 0.0
+            return
+        if not self.timed_out:
+            self.timed_out = True
+            print(f"sandboxer: the command ran for {self.spec.timeout:g} s (--timeout): sending it SIGTERM"
+                  + (f", SIGKILL in {self.spec.kill_after:g} s" if self.spec.kill_after else ""), file=sys.stderr)
+            try:
+                os.kill(self.stage, signal.SIGTERM)
+            except OSError:
+                pass
+            self.deadline = now + self.spec.kill_after
+            return
+        self.deadline = 0.0
+        self._kill_sandbox()
 
     def on_helper_died(self) -> None:
         """The network helper died: never leave the payload without the network it was given."""
@@ -310,6 +348,9 @@ class Supervisor:
             elif kind == STATUS["stopped"]:
                 stopsig, _, nspid = rest.partition(" ")
                 self.on_stopped(int(stopsig), int(nspid))
+            elif kind == STATUS["change"]:
+                if self.changes is not None:
+                    self.changes.add(rest)
             elif kind == STATUS["exit"]:
                 self.exit_status = int(rest)
                 if self.net is not None:
@@ -329,6 +370,10 @@ class Supervisor:
             except BaseException:
                 self._kill_sandbox()  # the payload never runs
                 raise
+        if self.spec.timeout:
+            import time
+
+            self.deadline = time.monotonic() + self.spec.timeout
         os.write(self.ctl_w, GO.encode())
 
     def on_stopped(self, sig: int, nspid: int) -> None:
@@ -375,9 +420,13 @@ class Supervisor:
             message = said[-1] if said else ""
             if not self.ready:
                 raise diagnose(message)  # it could not even start
+            if self.timed_out:
+                return EXIT_TIMEOUT  # the grace was over: SIGKILL took the sandbox
             if os.WIFSIGNALED(wstatus):
                 raise SandboxerError(f"the sandbox was killed by signal {os.WTERMSIG(wstatus)}")
             raise SandboxerError("the sandbox ended before the command did")
+        if self.timed_out:
+            return EXIT_TIMEOUT
         if os.WIFSIGNALED(self.exit_status):
             return 128 + os.WTERMSIG(self.exit_status)
         if os.WIFEXITED(self.exit_status):
@@ -386,8 +435,12 @@ class Supervisor:
 
     def _kill_sandbox(self) -> None:
         try:
-            if self.spec.pid:
-                os.killpg(self.child, signal.SIGKILL)  # PID 1 dies: the kernel kills the rest
+            if self.spec.pid and self.stage and self.stage != self.child:
+                # PID 1 dies: the kernel kills the rest, and unshare reaps it and exits (killing
+                # unshare too would leave the stage a zombie for the host's init to reap)
+                os.kill(self.stage, signal.SIGKILL)
+            elif self.spec.pid:
+                os.killpg(self.child, signal.SIGKILL)
             elif self.stage:
                 # no PID namespace: the stage (a subreaper) kills what the payload started
                 os.kill(self.stage, signal.SIGPWR)
@@ -397,5 +450,45 @@ class Supervisor:
             pass
 
 
-def run(spec: RunSpec, argv: list[str] | None, *, debug: bool = False) -> int:
-    return Supervisor(spec, argv, debug=debug).run()
+def run(spec: RunSpec, argv: list[str] | None, *, debug: bool = False, keep: str = "", report: str = "",
+        diff: bool = False) -> int:
+    """Run spec; with a work tree overlay, say what the command changed (--diff: list it; --keep
+    DIR: keep it); with --report FILE, write how it ended."""
+    if not (keep or report or diff or spec.worktree[1] == "overlay"):
+        return Supervisor(spec, argv, debug=debug).run()
+    from . import outcome
+
+    if (keep or diff) and spec.worktree[1] != "overlay":
+        raise SandboxerError(f"{'--keep' if keep else '--diff'} needs a work tree overlay", "add --worktree overlay")
+    reporter = outcome.Report(report) if report else None
+    kept = outcome.prepare_keep(keep, spec) if keep else ""
+    sup = Supervisor(spec, argv, debug=debug, keep=kept)
+    limits = dict(spec.limits)
+    failed = True
+    try:
+        code = sup.run()
+        failed = False
+    except SandboxerError as e:
+        if reporter is not None:
+            reporter.write({"command": sup.argv, "exit": outcome.ending(e.code, None, timed_out=sup.timed_out,
+                                                                         limits=limits, error=e.message)})
+        raise
+    finally:
+        if kept:
+            outcome.finish_keep(kept, failed=failed)
+    changes = sup.changes
+    if changes is not None:
+        print(changes.summary(kept), file=sys.stderr)
+        if diff:
+            for change, path in changes.listed:
+                print(printable(f"{change} {path}"), file=sys.stderr)
+    if reporter is not None:
+        data: dict[str, object] = {"command": sup.argv,
+                                   "exit": outcome.ending(code, sup.exit_status, timed_out=sup.timed_out,
+                                                          limits=limits),
+                                   "limits": limits, "timeout_s": spec.timeout or None}
+        if spec.worktree[1] != "none":
+            data["worktree"] = {"path": spec.worktree[0], "mode": spec.worktree[1],
+                                "changes": changes.as_json(kept) if changes is not None else None}
+        reporter.write(data)
+    return code

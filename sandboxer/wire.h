@@ -3,6 +3,7 @@
 #ifndef SANDBOXER_WIRE_H
 #define SANDBOXER_WIRE_H
 #include <signal.h>
+#include <sys/resource.h>
 #include <stddef.h>
 
 #define WIRE_MAGIC "sandboxer-stage"
@@ -24,6 +25,8 @@ enum wire_tag {
 	TAG_USERNS,
 	TAG_RUNAS,
 	TAG_CWD,
+	TAG_LIMIT,
+	TAG_KEEP,
 	TAG_MOUNT,
 	TAG_ROOTFS,
 	TAG_ROOTMOUNT,
@@ -48,6 +51,8 @@ static const struct wire_tag_info {
 	{"userns", "ssb", 0, 1},
 	{"runas", "ii", 0, 0},
 	{"cwd", "s", 0, 1},
+	{"limit", "si", 1, 0},
+	{"keep", "s", 0, 0},
 	{"mount", "kssbisbii", 1, 0},
 	{"rootfs", "sss", 0, 0},
 	{"rootmount", "kssbisbii", 1, 0},
@@ -67,6 +72,9 @@ enum mount_kind {
 	MK_PROC,
 	MK_PROCBIND,
 	MK_DEV,
+	MK_MASK,
+	MK_SEAL,
+	MK_OVERLAY,
 	NMOUNT_KINDS
 };
 static const char *const MOUNT_KIND_NAMES[NMOUNT_KINDS] = {
@@ -80,9 +88,22 @@ static const char *const MOUNT_KIND_NAMES[NMOUNT_KINDS] = {
 	"proc",
 	"procbind",
 	"dev",
+	"mask",
+	"seal",
+	"overlay",
 };
 static const char *const ROOT_SWITCHES[] = {"pivot_root", "chroot", NULL};
 static const char *const ROOT_WRITES[] = {"persist", "read-only", "overlay", NULL};
+
+/* the limit record's names, and their resources */
+static const struct { const char *name; int resource; } RLIMITS[] = {
+	{"nproc", RLIMIT_NPROC},
+	{"nofile", RLIMIT_NOFILE},
+	{"fsize", RLIMIT_FSIZE},
+	{"as", RLIMIT_AS},
+	{"cpu", RLIMIT_CPU},
+	{NULL, 0},
+};
 
 /* bits of the landlock record: scopes that must apply, or the run fails */
 #define LANDLOCK_ABSTRACT_SOCKETS 1
@@ -105,6 +126,7 @@ static const char *const DEV_LINKS[][2] = {
 #define STATUS_ERROR 'E'
 #define STATUS_EXEC 'N'
 #define STATUS_STOPPED 'S'
+#define STATUS_CHANGE 'C'
 #define STATUS_EXIT 'X'
 #define GO 'G'
 

@@ -46,6 +46,8 @@ TAGS: dict[str, tuple[str, bool, bool]] = {
     "runas": ("ii", False, False),  # the uid and gid the payload switches to, its only group
     "cwd": ("s", False, True),
     # kind, source, target, readonly, size, mode, create, and a tmpfs's owner (-1: the stage)
+    "limit": ("si", True, False),  # a resource limit of the payload (RLIMITS), soft = hard
+    "keep": ("s", False, False),  # the overlay's upper layer goes to this directory, not a tmpfs
     "mount": ("kssbisbii", True, False),
     "rootfs": ("sss", False, False),  # path, switch (ROOT_SWITCHES), writes (ROOT_WRITES)
     "rootmount": ("kssbisbii", True, False),  # a mount inside the rootfs; targets are paths in it
@@ -55,7 +57,10 @@ TAGS: dict[str, tuple[str, bool, bool]] = {
 }
 
 MOUNT_KINDS = ("pin", "hide", "protect", "readonly-root", "sysfs", "tmpfs", "bind", "proc",
-               "procbind", "dev")
+               "procbind", "dev", "mask", "seal", "overlay")
+# the payload's resource limits (the limit record's names), and setrlimit(2)'s resources
+RLIMITS = {"nproc": "RLIMIT_NPROC", "nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE", "as": "RLIMIT_AS",
+           "cpu": "RLIMIT_CPU"}
 ROOT_SWITCHES = ("pivot_root", "chroot")
 ROOT_WRITES = ("persist", "read-only", "overlay")
 LANDLOCK = {"abstract-sockets": 1, "signals": 2}
@@ -65,8 +70,10 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 # the stage's status messages, first byte: R ready; E<msg>\n setup failed; N<code> <msg>\n the
-# payload could not be executed; S<signal> <pid>\n stopped on the terminal; X<status>\n exited
-STATUS = {"ready": "R", "error": "E", "exec": "N", "stopped": "S", "exit": "X"}
+# payload could not be executed; S<signal> <pid>\n stopped on the terminal; C<A|M|D><path>\n a
+# change of the overlay work tree (after the payload; \ and newline escaped as \\ and \n);
+# X<status>\n exited
+STATUS = {"ready": "R", "error": "E", "exec": "N", "stopped": "S", "change": "C", "exit": "X"}
 GO = "G"  # the supervisor's go, on the control fd
 
 
@@ -95,7 +102,8 @@ def _mount(out: list[bytes], tag: str, op: MountSpec) -> None:
     _record(out, tag, op.kind, op.source, op.target, op.readonly, op.size, op.mode, op.create, *op.owner)
 
 
-def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int) -> bytes:
+def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int,
+           keep: str = "") -> bytes:
     """The stage's config for one run of spec."""
     out: list[bytes] = [MAGIC.encode(), str(VERSION).encode()]
     _record(out, "pid", spec.pid)
@@ -115,6 +123,10 @@ def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], pp
     if users.run_as[0] >= 0:
         _record(out, "runas", *users.run_as)
     _record(out, "cwd", spec.cwd)
+    for limit, amount in spec.limits:
+        _record(out, "limit", limit, amount)
+    if keep:
+        _record(out, "keep", keep)
     for op in spec.mounts:
         _mount(out, "mount", op)
     if spec.rootfs is not None:
@@ -147,6 +159,7 @@ def header() -> str:
         "#ifndef SANDBOXER_WIRE_H",
         "#define SANDBOXER_WIRE_H",
         "#include <signal.h>",
+        "#include <sys/resource.h>",
         "#include <stddef.h>",
         "",
         f"#define WIRE_MAGIC {_c(MAGIC)}",
@@ -177,6 +190,12 @@ def header() -> str:
         "};",
         "static const char *const ROOT_SWITCHES[] = {" + ", ".join(map(_c, ROOT_SWITCHES)) + ", NULL};",
         "static const char *const ROOT_WRITES[] = {" + ", ".join(map(_c, ROOT_WRITES)) + ", NULL};",
+        "",
+        "/* the limit record's names, and their resources */",
+        "static const struct { const char *name; int resource; } RLIMITS[] = {",
+        *[f"\t{{{_c(name)}, {res}}}," for name, res in RLIMITS.items()],
+        "\t{NULL, 0},",
+        "};",
         "",
         "/* bits of the landlock record: scopes that must apply, or the run fails */",
         *[f"#define LANDLOCK_{_ident(name)} {bit}" for name, bit in LANDLOCK.items()],

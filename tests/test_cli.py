@@ -64,11 +64,37 @@ def test_the_search_path_and_shadowing(home: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     entries = [(lines[i].split()[0], lines[i + 1].strip()) for i in range(0, len(lines), 2)]
-    assert ("offline", f"./profiles: {project}/profiles/offline.toml") in entries
+    assert ("offline", f"./profiles  (refused by name: it would redefine the one below): "
+                       f"{project}/profiles/offline.toml") in entries
+    assert ("offline", f"shipped with sandboxer: {SHIPPED}/offline.toml") in entries
+    (project / "profiles" / "ours.toml").write_text('description = "ours alone"\n')
+    (config / "offline.toml").write_text('description = "my offline"\n')
+    lines = sbx(["profiles"], home, cwd=project).stdout.splitlines()
+    entries = [(lines[i].split()[0], lines[i + 1].strip()) for i in range(0, len(lines), 2)]
+    assert ("ours", f"./profiles: {project}/profiles/ours.toml") in entries
     assert ("offline", f"shipped with sandboxer  (shadowed): {SHIPPED}/offline.toml") in entries
     assert ("mine", f"$XDG_CONFIG_HOME/sandboxer/profiles: {config}/mine.toml") in entries
     assert ("clean-home", f"shipped with sandboxer: {SHIPPED}/clean-home.toml") in entries
     assert "my own" in out.stdout and "the project's offline" in out.stdout
+
+
+@pytest.mark.usefixtures("integration")
+def test_an_untrusted_checkout_cannot_redefine_a_profile(home: Path, tmp_path: Path) -> None:
+    """A repository you build ships profiles/build.toml with no isolation: `sandboxer run build`
+    refuses it, rather than running the build as the repository says."""
+    project = tmp_path / "evil-repo"
+    (project / "profiles").mkdir(parents=True)
+    (project / "profiles" / "build.toml").write_text('[network]\nmode = "host"\n[home]\nmode = "host"\n')
+    marker = home / "pwned"
+    out = sbx(["build", "--", "touch", str(marker)], home, cwd=project)
+    assert out.returncode == 125 and not marker.exists()
+    assert out.stderr == (f"sandboxer: error: {project}/profiles/build.toml (this directory's) would replace the "
+                          f"profile 'build' of {SHIPPED}/build.toml: a project may add profiles, not redefine one "
+                          "you trust (to use the project's on purpose, name its file: sandboxer run "
+                          "./profiles/build.toml -- ...)\n")
+    (project / "profiles" / "extra.toml").write_text('[namespaces]\nhostname = "extra"\n')
+    out = sbx(["extra", "--", "hostname"], home, cwd=project)
+    assert (out.returncode, out.stdout) == (0, "extra\n"), out.stderr
 
 
 @pytest.mark.usefixtures("integration")

@@ -257,7 +257,7 @@ def test_usage(argv: list[str], message: str) -> None:
 def test_parse() -> None:
     args = parse(["rootfs", "import", "--sha256", "ab", "t.tar", "--debug", "--", "-odd-dir"])
     assert args.positionals == ["import", "t.tar", "-odd-dir"]
-    assert [(o.name, v) for o, _s, v in args.overrides] == [("sha256", "ab")]
+    assert args.values == {"sha256": "ab"} and args.overrides == []
     assert args.flags == {"debug"}
     assert "help" in parse(["rootfs", "--help"]).flags
 

@@ -52,7 +52,8 @@ def refused(blob: bytes) -> str:
     return text
 
 
-def expected(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int) -> dict[str, object]:
+def expected(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int,
+             keep: str = "") -> dict[str, object]:
     """What the stage must understand of encode(spec, ...), in --print-config's shape."""
     def mounts(ops: tuple[typing.Any, ...]) -> list[dict[str, object]]:
         return [{"kind": op.kind, "source": op.source, "target": op.target, "readonly": op.readonly,
@@ -68,6 +69,7 @@ def expected(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], 
         "userns": {"uid_map": spec.users.uid_map, "gid_map": spec.users.gid_map,
                    "by_stage": spec.users.by_stage},
         "runas": list(spec.users.run_as) if spec.users.run_as[0] >= 0 else None,
+        "limits": [list(limit) for limit in spec.limits], "keep": keep or None,
         "cwd": spec.cwd, "mounts": mounts(spec.mounts),
         "rootfs": None if spec.rootfs is None else {
             "path": spec.rootfs.path, "switch": spec.rootfs.switch, "writes": spec.rootfs.writes,
@@ -83,6 +85,8 @@ CASES = {
               "--net", "host", "--map", "root"],
     "map-auto": ["--map", "auto", "--user", "1000:100", "--rootfs", "/srv/tree"],
     "keep-id": ["--map", "keep-id", "--home", "host"],
+    "build-overlay": ["--worktree", "overlay", "--nproc", "10", "--fsize", "1M", "--cpu", "3", "--as", "1G",
+                      "--nofile", "64", "--hide", "~/.ssh", "--timeout", "90s"],
     "rootfs-chroot": ["--rootfs", "/srv/tree", "--root-switch", "chroot", "--rootfs-writes", "overlay",
                       "--bind", "~/src:/src"],
     "odd-strings": ["--hostname", "h-1", "--env", "X=a\tb\nc \"q\" \\ é", "--bind", "/tmp/ü x:/y"],
@@ -94,8 +98,9 @@ def test_the_stage_understands_what_the_supervisor_encodes(case: str) -> None:
     spec = spec_for(CASES[case])
     argv = ["cmd", "-x", "", "ü\nz"]
     env = {**ENV, "WEIRD": "a=b\x01é"}
-    blob = stage_config(spec, tty=True, env=env, argv=argv, ppid=4242)
-    assert decode(blob) == expected(spec, tty=True, env=env, argv=argv, ppid=4242)
+    keep = "/home/alice/kept ü" if spec.worktree[1] == "overlay" else ""
+    blob = stage_config(spec, tty=True, env=env, argv=argv, ppid=4242, keep=keep)
+    assert decode(blob) == expected(spec, tty=True, env=env, argv=argv, ppid=4242, keep=keep)
 
 
 @pytest.mark.parametrize("profile", SHIPPED, ids=lambda p: p.name)
@@ -195,7 +200,7 @@ def test_the_run_spec_round_trips_and_refuses_other_shapes() -> None:
         data = marshal.loads(marshal.dumps(spec.data()))
         assert RunSpec.from_data(data).data() == spec.data()
     data = list(spec_for([]).data())
-    for bad, says in ((data[:-1], "tuple of 15"), ([99, *data[1:]], "version 99"),
+    for bad, says in ((data[:-1], "tuple of 19"), ([99, *data[1:]], "version 99"),
                       ([*data[:2], "yes", *data[3:]], "boolean")):
         with pytest.raises(SpecError, match=says):
             RunSpec.from_data(tuple(bad))
