@@ -4,9 +4,14 @@
 
 _sandboxer_options() {  # the options of subcommand $1
     case $1 in
-        run) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --diff --report --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
+        run) echo "--profile --set --name --detach --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --diff --report --env --keep-env --cwd --accept-exposure --dry-run --debug --help" ;;
         check) echo "--debug --help" ;;
-        explain) echo "--profile --set --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
+        explain) echo "--profile --set --name --map --user --home --home-size --tmp-size --net --allow-host-loopback --no-allow-host-loopback --forward --pid --no-pid --ipc --no-ipc --uts --no-uts --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --env --keep-env --cwd --accept-exposure --resolved --shell --json --debug --help" ;;
+        ps) echo "--names --json --debug --help" ;;
+        exec) echo "--debug --help" ;;
+        stop) echo "--timeout --debug --help" ;;
+        logs) echo "--follow --debug --help" ;;
+        port) echo "--debug --help" ;;
         profiles) echo "--names --debug --help" ;;
         completion) echo "--debug --help" ;;
         schema) echo "--debug --help" ;;
@@ -18,7 +23,7 @@ _sandboxer_options() {  # the options of subcommand $1
 
 _sandboxer_takes_value() {
     case $1 in
-        --profile|--set|--map|--user|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--worktree|--worktree-size|--hide|--nproc|--nofile|--fsize|--as|--cpu|--timeout|--kill-after|--keep|--report|--env|--keep-env|--cwd|--accept-exposure|--scheme|--sha256|--max-size) return 0 ;;
+        --profile|--set|--name|--map|--user|--home|--home-size|--tmp-size|--net|--forward|--hostname|--bind|--ro-bind|--tmpfs|--rootfs|--root-switch|--rootfs-writes|--worktree|--worktree-size|--hide|--nproc|--nofile|--fsize|--as|--cpu|--timeout|--kill-after|--keep|--report|--env|--keep-env|--cwd|--accept-exposure|--scheme|--sha256|--max-size) return 0 ;;
     esac
     return 1
 }
@@ -36,7 +41,8 @@ _sandboxer_profiles() {  # profile names, profile files, and directories to desc
 _sandboxer_value() {  # complete the value of option $1 (as COMMAND:--option) from the word $2
     case $1 in
         run:--profile|explain:--profile) _sandboxer_profiles "$2" ;;
-        run:--set|explain:--set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=" -- "$2") ;;
+        run:--set|explain:--set) compopt -o nospace 2>/dev/null; mapfile -t COMPREPLY < <(compgen -W "description= name= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=" -- "$2") ;;
+        run:--name|explain:--name) COMPREPLY=() ;;
         run:--map|explain:--map|idmap:--map) mapfile -t COMPREPLY < <(compgen -W "self root auto keep-id" -- "$2") ;;
         run:--user|explain:--user) COMPREPLY=() ;;
         run:--home|explain:--home) mapfile -t COMPREPLY < <(compgen -W "host tmpfs" -- "$2") ;;
@@ -67,6 +73,7 @@ _sandboxer_value() {  # complete the value of option $1 (as COMMAND:--option) fr
         run:--keep-env|explain:--keep-env) mapfile -t COMPREPLY < <(compgen -v -- "$2") ;;
         run:--cwd|explain:--cwd) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$2") ;;
         run:--accept-exposure|explain:--accept-exposure) mapfile -t COMPREPLY < <(compgen -W "abstract-sockets signals" -- "$2") ;;
+        stop:--timeout) COMPREPLY=() ;;
         idmap:--user) mapfile -t COMPREPLY < <(compgen -u -- "$2") ;;
         idmap:--scheme) mapfile -t COMPREPLY < <(compgen -W "rootless remap" -- "$2") ;;
         rootfs:--sha256) COMPREPLY=() ;;
@@ -82,6 +89,12 @@ _sandboxer_positional() {  # complete positional argument $2 (from 0) of subcomm
     esac
     case $1:$n in
         check:0) _sandboxer_profiles "$3" ;;
+        exec:0) mapfile -t COMPREPLY < <(compgen -W "$("${COMP_WORDS[0]}" ps --names 2>/dev/null)" -- "$3") ;;
+        exec:1) mapfile -t COMPREPLY < <(compgen -c -- "$3") ;;
+        stop:0) mapfile -t COMPREPLY < <(compgen -W "$("${COMP_WORDS[0]}" ps --names 2>/dev/null)" -- "$3") ;;
+        logs:0) mapfile -t COMPREPLY < <(compgen -W "$("${COMP_WORDS[0]}" ps --names 2>/dev/null)" -- "$3") ;;
+        port:0) mapfile -t COMPREPLY < <(compgen -W "add ls rm" -- "$3") ;;
+        port:1) mapfile -t COMPREPLY < <(compgen -W "$("${COMP_WORDS[0]}" ps --names 2>/dev/null)" -- "$3") ;;
         completion:0) mapfile -t COMPREPLY < <(compgen -W "bash zsh fish" -- "$3") ;;
         idmap:0) COMPREPLY=() ;;
         rootfs:0) mapfile -t COMPREPLY < <(compgen -W "import" -- "$3") ;;
@@ -96,13 +109,13 @@ _sandboxer() {
     local -a words=("${COMP_WORDS[@]}")
     COMPREPLY=()
     if ((cword == 1)); then
-        mapfile -t COMPREPLY < <(compgen -W "run check explain profiles completion schema doctor idmap rootfs --help --version" -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W "run check explain ps exec stop logs port profiles completion schema doctor idmap rootfs --help --version" -- "$cur")
         return 0
     fi
     local cmd=${words[1]} payload=""
     case $cmd in
         run|explain) payload=1 ;;
-        check|profiles|completion|schema|doctor|idmap|rootfs) ;;
+        check|ps|exec|stop|logs|port|profiles|completion|schema|doctor|idmap|rootfs) ;;
         *) return 0 ;;
     esac
     # Walk the words before the cursor: options (with their values; bash splits "--opt=value"

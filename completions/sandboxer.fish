@@ -30,7 +30,7 @@ function __sandboxer_state
                     return
                 end
                 set dashdash 1
-            case --profile --set --map --user --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --report --env --keep-env --cwd --accept-exposure --scheme --sha256 --max-size
+            case --profile --set --name --map --user --home --home-size --tmp-size --net --forward --hostname --bind --ro-bind --tmpfs --rootfs --root-switch --rootfs-writes --worktree --worktree-size --hide --nproc --nofile --fsize --as --cpu --timeout --kill-after --keep --report --env --keep-env --cwd --accept-exposure --scheme --sha256 --max-size
                 if test $i -eq $n
                     printf '%s\n' $cmd value 0 "$profile" $npos
                     return
@@ -100,6 +100,11 @@ complete -c sandboxer -f
 complete -c sandboxer -n __sandboxer_no_subcommand -a run -d 'run a command in a sandbox'
 complete -c sandboxer -n __sandboxer_no_subcommand -a check -d 'validate profiles; exit 0 if all are valid, 1 if not'
 complete -c sandboxer -n __sandboxer_no_subcommand -a explain -d 'show the compiled plan: one line per step, a shell script, JSON, or the resolved profile'
+complete -c sandboxer -n __sandboxer_no_subcommand -a ps -d 'list your running named sandboxes'
+complete -c sandboxer -n __sandboxer_no_subcommand -a exec -d 'run a command in a running named sandbox, as its payload runs'
+complete -c sandboxer -n __sandboxer_no_subcommand -a stop -d 'stop a running named sandbox: SIGTERM, SIGKILL after --timeout; say its exit status'
+complete -c sandboxer -n __sandboxer_no_subcommand -a logs -d 'show a detached sandbox\'s output'
+complete -c sandboxer -n __sandboxer_no_subcommand -a port -d 'add, list or remove a running sandbox\'s port forwards (slirp4netns)'
 complete -c sandboxer -n __sandboxer_no_subcommand -a profiles -d 'list the profiles found by name, where, and which are shadowed'
 complete -c sandboxer -n __sandboxer_no_subcommand -a completion -d 'print the completion script of a shell: bash, zsh or fish'
 complete -c sandboxer -n __sandboxer_no_subcommand -a schema -d 'print the JSON Schema of profiles (for TOML editors)'
@@ -109,7 +114,9 @@ complete -c sandboxer -n __sandboxer_no_subcommand -a rootfs -d 'import a root f
 complete -c sandboxer -n __sandboxer_no_subcommand -l help -d 'show help and exit'
 complete -c sandboxer -n __sandboxer_no_subcommand -l version -d 'show the version and exit'
 complete -c sandboxer -n '__sandboxer_options run explain' -l profile -k -x -a '(__sandboxer_profiles)' -d 'the profile to use: a name found on the profile search path, or a .toml file (as a positional argument: a file ending in .toml, or a name followed by --)'
-complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
+complete -c sandboxer -n '__sandboxer_options run explain' -l set -x -a 'description= name= user.map=self user.map=root user.map=auto user.map=keep-id user.run_as= home.mode=host home.mode=tmpfs home.size= tmp.size= network.mode=host network.mode=none network.mode=slirp4netns network.mode=pasta network.allow_host_loopback=true network.allow_host_loopback=false namespaces.pid=true namespaces.pid=false namespaces.ipc=true namespaces.ipc=false namespaces.uts=true namespaces.uts=false namespaces.hostname= command.argv= command.cwd= env.keep= env.set= rootfs.path= rootfs.switch=pivot_root rootfs.switch=chroot rootfs.writes=persist rootfs.writes=read-only rootfs.writes=overlay worktree.mode=none worktree.mode=rw worktree.mode=overlay worktree.mode=ro worktree.path= worktree.size= worktree.protect= limits.nproc= limits.nofile= limits.fsize= limits.address_space= limits.cpu= limits.timeout= limits.kill_after= hide.paths= security.accept_exposures=' -d 'set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, \'env.keep=["EDITOR"]\'; not TOML: a string); repeatable; flags and --set apply in the order given'
+complete -c sandboxer -n '__sandboxer_options run explain' -l name -x -d 'register the running sandbox under NAME (sandboxer ps, exec, stop, logs, port); unique among your running sandboxes'
+complete -c sandboxer -n '__sandboxer_options run' -l detach -d 'run in the background (stdin /dev/null, output to a log: sandboxer logs NAME); print the name (a generated one without --name) once the command has started; also -d'
 complete -c sandboxer -n '__sandboxer_options run explain idmap' -l map -x -a 'self root auto keep-id' -d 'the ids inside: \'self\' (your uid/gid), \'root\' (uid 0, still you outside), \'auto\' (0 is you, 1-N your subordinate ranges from /etc/subuid and /etc/subgid) or \'keep-id\' (your ids, the ranges fill every other id)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l user -x -d 'run the command as these ids inside (GID defaults to UID); any the mapping has, so other than 0 or your own they need --map auto or keep-id'
 complete -c sandboxer -n '__sandboxer_options run explain' -l home -x -a 'host tmpfs' -d 'HOME: \'host\' (your real home) or \'tmpfs\' (empty, throwaway, size-limited)'
@@ -150,18 +157,26 @@ complete -c sandboxer -n '__sandboxer_options run explain' -l keep-env -x -a '(s
 complete -c sandboxer -n '__sandboxer_options run explain' -l cwd -x -a '(__fish_complete_directories)' -d 'working directory inside (default: your cwd when visible inside, else HOME)'
 complete -c sandboxer -n '__sandboxer_options run explain' -l accept-exposure -x -a 'abstract-sockets signals' -d 'run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this exposure: \'abstract-sockets\' (host network) or \'signals\' (no PID namespace); repeatable'
 complete -c sandboxer -n '__sandboxer_options run' -l dry-run -d 'print the plan (as explain does) and run nothing'
-complete -c sandboxer -n '__sandboxer_options profiles' -l names -d 'print the names only, one a line (for scripts and shell completion)'
+complete -c sandboxer -n '__sandboxer_options profiles ps' -l names -d 'print the names only, one a line (for scripts and shell completion)'
 complete -c sandboxer -n '__sandboxer_options explain' -l resolved -d 'print the profile as resolved (its extends merged, flags and --set applied) and where each value comes from'
 complete -c sandboxer -n '__sandboxer_options explain' -l shell -d 'print the plan as a shell script a person can read and run'
-complete -c sandboxer -n '__sandboxer_options explain doctor' -l json -d 'print the plan (doctor: the checks) as JSON'
+complete -c sandboxer -n '__sandboxer_options explain doctor ps' -l json -d 'print the plan (doctor: the checks; ps: the sandboxes) as JSON'
+complete -c sandboxer -n '__sandboxer_options logs' -l follow -d 'keep printing the log until the sandbox ends'
+complete -c sandboxer -n '__sandboxer_options stop' -l timeout -x -d 'after SIGTERM, wait this long before SIGKILL (default 10)'
 complete -c sandboxer -n '__sandboxer_options idmap' -l user -x -a '(__fish_complete_users)' -d 'whose subordinate ranges to use (default: yours; with --scheme remap, the daemon\'s remap user, e.g. dockremap)'
 complete -c sandboxer -n '__sandboxer_options idmap' -l scheme -x -a 'rootless remap' -d '\'rootless\' (default): sandboxer\'s, rootless Podman\'s and Docker\'s (0 is the user, 1 the range\'s first id); \'remap\': the daemon\'s userns-remap (0 is the range\'s first id)'
 complete -c sandboxer -n '__sandboxer_options idmap' -l host -d 'ID[:GID] are host ids: print the ids inside they appear as'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l sha256 -x -d 'the tarball\'s expected SHA-256 (64 hex digits); checked before anything is unpacked'
 complete -c sandboxer -n '__sandboxer_options rootfs' -l max-size -x -d 'write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free space of DIR\'s filesystem'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap' -l debug -d 'show Python tracebacks and the chain being run'
-complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap' -l help -d 'show this help and exit'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap ps exec stop logs port' -l debug -d 'show Python tracebacks and the chain being run'
+complete -c sandboxer -n '__sandboxer_options run check explain rootfs profiles completion schema doctor idmap ps exec stop logs port' -l help -d 'show this help and exit'
 complete -c sandboxer -n '__sandboxer_nth check 0+' -k -x -a '(__sandboxer_profiles)'
+complete -c sandboxer -n '__sandboxer_nth exec 0' -x -a '(sandboxer ps --names 2>/dev/null)'
+complete -c sandboxer -n '__sandboxer_nth exec 1' -x -a '(__fish_complete_command)'
+complete -c sandboxer -n '__sandboxer_nth stop 0' -x -a '(sandboxer ps --names 2>/dev/null)'
+complete -c sandboxer -n '__sandboxer_nth logs 0' -x -a '(sandboxer ps --names 2>/dev/null)'
+complete -c sandboxer -n '__sandboxer_nth port 0' -x -a 'add ls rm'
+complete -c sandboxer -n '__sandboxer_nth port 1' -x -a '(sandboxer ps --names 2>/dev/null)'
 complete -c sandboxer -n '__sandboxer_nth completion 0' -x -a 'bash zsh fish'
 complete -c sandboxer -n '__sandboxer_nth idmap 0' -x
 complete -c sandboxer -n '__sandboxer_nth rootfs 0' -x -a 'import'

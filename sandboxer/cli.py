@@ -101,6 +101,10 @@ def _dispatch(args: Args) -> int:
         for line in lines:
             print(printable(line))
         return 0 if ok else EXIT_CHECK_INVALID
+    if args.command in ("ps", "exec", "stop", "logs", "port"):
+        from . import named
+
+        return named.command(args)
     if args.command == "doctor":
         from .doctor import doctor
 
@@ -262,8 +266,14 @@ def _run(args: Args) -> int:
         spec, deps = _compile_in_child(args, facts, data, "debug" in args.flags)
         if entry and secret:
             cache.store(facts.cache_dir, entry, (spec.data(), deps), secret)
-    return supervise.run(spec, args.argv, debug="debug" in args.flags, keep=args.values.get("keep", ""),
-                         report=args.values.get("report", ""), diff="diff" in args.flags)
+    debug, keep, report, diff = ("debug" in args.flags, args.values.get("keep", ""),
+                                 args.values.get("report", ""), "diff" in args.flags)
+    if not spec.name and "detach" not in args.flags:
+        return supervise.run(spec, args.argv, debug=debug, keep=keep, report=report, diff=diff)
+    from . import named
+
+    return named.run(spec, args.argv, args.profiles[0] if args.profiles else "", debug=debug, keep=keep,
+                     report=report, diff=diff, detach="detach" in args.flags)
 
 
 def _compile_in_child(args: Args, facts: HostFacts, data: bytes | None,

@@ -102,6 +102,7 @@ def compile(profile: Profile, host: HostFacts, files: tuple[str, ...] = ()) -> P
         timeout=profile.limits.timeout or 0.0,
         kill_after=profile.limits.kill_after,
         worktree=_worktree(profile, host),
+        name=profile.name or "",
     )
 
 
@@ -143,7 +144,8 @@ def _guards(host: HostFacts) -> list[MountOp]:
     of an ancestor, say) carries them along: sandboxer's state hidden, its install read-only."""
     ops = [MountOp("pin", path, why="the payload cannot rename it: it leads to sandboxer's state or "
                    "installation") for path in host.pins]
-    whats = {host.cache_dir: "sandboxer's plan cache", host.key_dir: "the key of sandboxer's plan cache"}
+    whats = {host.cache_dir: "sandboxer's plan cache", host.key_dir: "the key of sandboxer's plan cache",
+             host.state_dir: "the registry of named sandboxes (their control sockets and logs)"}
     for path in host.private_dirs:
         ops.append(MountOp("hide", path, readonly=True, size=HIDE_SIZE, mode="0555",
                            why=f"{whats[path]}, out of the payload's reach"))

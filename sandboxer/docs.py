@@ -305,6 +305,48 @@ def man_sandboxer() -> str:
         "(Docker's userns\\-remap daemon: 0 is the first id of the remap user, by default",
         ".BR dockremap ).",
         "An id outside the mapping is said to be: it shows as 65534 inside.",
+        ".SH NAMED SANDBOXES",
+        ".B \\-\\-name NAME",
+        "(profile key",
+        ".BR name )",
+        "registers a running sandbox;",
+        ".B \\-\\-detach",
+        "(\\fB\\-d\\fP) runs it in the background, its output in a log, and prints its name once the",
+        "command has started.",
+        ".BR ps ,",
+        ".BR exec ,",
+        ".BR stop ,",
+        ".B logs",
+        "and",
+        ".B port",
+        "act on it by name.",
+        "The registry is",
+        ".I $XDG_RUNTIME_DIR/sandboxer",
+        "(else",
+        ".IR /tmp/sandboxer\\-UID ,",
+        "checked to be yours and private), hidden in every sandbox; an entry whose supervisor died",
+        "(its lock is free) is removed by the next",
+        ".B ps",
+        "or",
+        ".BR run .",
+        ".PP",
+        ".B exec",
+        "enters the sandbox with exactly what the payload has: its user namespace (the mounts stay",
+        "locked), root, ids, working directory, environment policy,",
+        ".BR no_new_privs ,",
+        "the TIOCSTI filter, a fresh session and keyring, only file descriptors 0 to 2.",
+        "The sandbox's processes are identified by pid and start time, so a recycled pid is never",
+        "joined or signalled.",
+        "The command's exit status passes through, and it dies with the sandbox.",
+        ".PP",
+        ".B port add|ls|rm",
+        "changes a running sandbox's forwards through slirp4netns's API, with the checks of",
+        ".BR \\-\\-forward ;",
+        "pasta's forwards are fixed when it starts.",
+        ".B stop",
+        "sends SIGTERM through the sandbox's init, SIGKILL after",
+        ".B \\-\\-timeout",
+        "seconds (default 10), and says how the command ended.",
         ".SH UNTRUSTED BUILDS",
         "The shipped profile",
         ".B build",
@@ -474,6 +516,10 @@ def man_sandboxer() -> str:
         "say.",
         "Every sandbox hides its directory and pins the user-owned directories above it, so no",
         "payload can read it or put another in its place.",
+        ".TP",
+        ".I $XDG_RUNTIME_DIR/sandboxer \\fRor\\fP /tmp/sandboxer\\-UID",
+        "The registry of running named sandboxes: a directory each (lock, info, control socket,",
+        "log), removed when it ends.",
         ".TP",
         ".I /etc/subuid \\fRand\\fP /etc/subgid",
         "Your subordinate ranges, USER:FIRST:COUNT a line (see",
@@ -794,8 +840,12 @@ def positionals(command: str) -> tuple[list[str], bool]:
             specs.append("word:" + base.replace("|", " "))
         elif base == "DIR":
             specs.append("dir")
-        elif base == "ID":
+        elif base in ("ID", "FORWARD|ID", "SECONDS"):
             specs.append("none")
+        elif base == "NAME":
+            specs.append("name")
+        elif base == "CMD":
+            specs.append("command")
         else:
             specs.append("file")
     return specs, bool(words) and words[-1].endswith("...")
@@ -826,6 +876,8 @@ _BASH_FILES = {
     "dir": 'compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -d -- "$3")',
     "toml": "_sandboxer_profiles \"$3\"",
     "none": "COMPREPLY=()",
+    "name": 'mapfile -t COMPREPLY < <(compgen -W "$("${COMP_WORDS[0]}" ps --names 2>/dev/null)" -- "$3")',
+    "command": 'mapfile -t COMPREPLY < <(compgen -c -- "$3")',
 }
 
 
@@ -1009,7 +1061,8 @@ def _zdesc(text: str) -> str:
 
 
 _ZSH_ACTIONS = {"file": "_files", "dir": "_files -/", "toml": "_sandboxer_profiles", "profile": "_sandboxer_profiles",
-                "env": "_parameters", "user": "_users", "none": " "}
+                "env": "_parameters", "user": "_users", "none": " ", "name": "_sandboxer_names",
+                "command": "_command_names -e"}
 
 
 def _zsh_specs(command: str) -> list[str]:
@@ -1058,6 +1111,12 @@ def zsh_completion() -> str:
 # zsh completion for sandboxer(1)
 # {GENERATED_BY}
 # {GENERATED_FROM}.
+
+_sandboxer_names() {{  # the running named sandboxes
+    local -a names
+    names=(${{(f)"$($words[1] ps --names 2>/dev/null)"}})
+    compadd -a names
+}}
 
 _sandboxer_profiles() {{  # profile names (from sandboxer's search path) and profile files
     local -a names
@@ -1135,6 +1194,8 @@ _FISH_ARGS = {
     "env": "-x -a '(set --names --export)'",
     "user": "-x -a '(__fish_complete_users)'",
     "none": "-x",
+    "name": "-x -a '(sandboxer ps --names 2>/dev/null)'",
+    "command": "-x -a '(__fish_complete_command)'",
 }
 
 

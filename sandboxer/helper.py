@@ -190,9 +190,9 @@ class Helper:
         self.pidfd = self.log = -1
 
 
-def start(spec: NetSpec, stage_pid: int, *, debug: bool = False) -> Helper:
+def start(spec: NetSpec, stage_pid: int, *, debug: bool = False, keep_api: bool = False) -> Helper:
     """Start spec's backend against the stage; raises SandboxerError (and leaves nothing) if it
-    cannot be made ready."""
+    cannot be made ready. keep_api: a named sandbox keeps slirp4netns's API socket."""
     if spec.backend == "pasta":
         from .pasta import Pasta
 
@@ -200,7 +200,9 @@ def start(spec: NetSpec, stage_pid: int, *, debug: bool = False) -> Helper:
     else:
         from .slirp import Slirp4netns
 
-        helper = Slirp4netns(spec, stage_pid, debug=debug)
+        slirp = Slirp4netns(spec, stage_pid, debug=debug)
+        slirp.keep_api = keep_api
+        helper = slirp
     try:
         helper.start()
     except BaseException:

@@ -62,7 +62,7 @@ class HostFacts:
     __slots__ = (
         "uid", "gid", "user", "home", "shell", "cwd", "tools", "stage",
         "cache_dir", "key_dir", "pins", "runtime_dirs", "scratch_dirs", "own_paths", "subid_files",
-        "probed", "ranges",
+        "state_dir", "probed", "ranges",
     )
 
     def __init__(
@@ -83,6 +83,7 @@ class HostFacts:
         scratch_dirs: tuple[str, ...],
         own_paths: tuple[str, ...],
         subid_files: tuple[str, str] = (SUBUID, SUBGID),
+        state_dir: str = "",
         probed: dict[str, ToolInfo] | None = None,
         ranges: Ranges | None = None,
     ) -> None:
@@ -101,12 +102,13 @@ class HostFacts:
         self.scratch_dirs = scratch_dirs
         self.own_paths = own_paths
         self.subid_files = subid_files
+        self.state_dir = state_dir  # named sandboxes' registry (names.py), where it exists
         self.probed = probed or {}
         self.ranges = ranges  # the caller's subordinate ids: read by build.py when a plan maps them
 
     @property
     def private_dirs(self) -> tuple[str, ...]:
-        return tuple(d for d in (self.cache_dir, self.key_dir) if d)
+        return tuple(d for d in (self.cache_dir, self.key_dir, self.state_dir) if d)
 
     def find_pins(self) -> None:
         """(Re)compute pins, once private_dirs exist (or were given up)."""
@@ -284,6 +286,19 @@ def own_paths(uid: int) -> tuple[str, ...]:
     return tuple(sorted(outermost))
 
 
+def state_path(environ: dict[str, str] | os._Environ[str], uid: int,
+               dirs: tuple[str, ...] | None = None) -> str:
+    """Where named sandboxes are registered: the runtime directory ($XDG_RUNTIME_DIR, else
+    /run/user/UID, when private and yours), else /tmp/sandboxer-UID (checked before use)."""
+    if dirs is None:
+        dirs = runtime_dirs(environ, uid)
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    mine = [d for d in dirs if d == os.path.realpath(xdg)] if xdg.startswith("/") else []
+    if mine or dirs:
+        return os.path.join((mine or list(dirs))[0], "sandboxer")
+    return f"/tmp/sandboxer-{uid}"
+
+
 def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFacts:
     """Probe the host. Raises SandboxerError when something essential is missing."""
     env = os.environ if environ is None else environ
@@ -319,6 +334,9 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
         scratch_dirs=tuple(d for d in SCRATCH if os.path.isdir(d)),
         own_paths=own_paths(uid),
     )
+    state = state_path(env, uid, facts.runtime_dirs)
+    if os.path.isdir(state):
+        facts.state_dir = state
     files = env.get(SUBID_FILES_ENV, "").split(":")
     if len(files) == 2 and all(f.startswith("/") for f in files):
         facts.subid_files = (files[0], files[1])

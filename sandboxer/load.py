@@ -159,7 +159,11 @@ def apply_overrides(
         if opt.kind == "set":
             _set(raw, origin, value or "")
             continue
-        section, _, leaf = opt.key.partition(".")
+        section, dot, leaf = opt.key.partition(".")
+        if not dot and opt.kind == "value":  # a top-level key (name)
+            raw[section] = value
+            origin[(section,)] = spelled
+            continue
         if opt.kind == "mount":
             mounts = raw.setdefault("mounts", [])
             if not isinstance(mounts, list):

@@ -79,8 +79,9 @@ class NetworkPlan:
 
     @property
     def api(self) -> bool:
-        """Forwards are added through an API socket after start (else they are in argv)."""
-        return self.backend == "slirp4netns" and bool(self.forwards)
+        """The helper has an API socket (forwards are added through it after start, and a named
+        sandbox's later by `sandboxer port`); pasta's forwards are in its argv."""
+        return self.backend == "slirp4netns"
 
     def describe(self) -> list[str]:
         name = self.backend
@@ -91,8 +92,7 @@ class NetworkPlan:
                          f"{SLIRP_GUEST}/24, default route via {SLIRP_GATEWAY}, DNS at {SLIRP_DNS}")
             lines += [f"supervisor: forward {fwd.describe()} (add_hostfwd over {API_SOCKET})"
                       for fwd in self.forwards]
-            if self.forwards:
-                lines.append(f"supervisor: remove {API_SOCKET}")
+            lines.append(f"supervisor: remove {API_SOCKET} (a named sandbox keeps it, for sandboxer port)")
         else:
             lines.append("supervisor: wait (bounded) for pasta to be ready (it writes its pid to "
                          "--pid once set up): tap0 with the host's addresses and routes, DNS "
@@ -144,13 +144,14 @@ class NetworkPlan:
             elif self.backend == "pasta" and word in ("/proc/self/fd/2", "/proc/self/fd/3"):
                 argv.append("/dev/null")  # --log-file, --pid: not needed by hand
             elif API_SOCKET in word:
-                argv.append(q(word.split(API_SOCKET)[0]) + '"$api"')
+                if self.forwards:  # by hand, an API socket is only needed for them
+                    argv.append(q(word.split(API_SOCKET)[0]) + '"$api"')
             else:
                 argv.append(q(word))
         lines = [
             f"# network: {self.backend}, started from outside against the sandbox's first process",
         ]
-        if self.api:
+        if self.api and self.forwards:
             lines += ["netdir=$(mktemp -d)  # private (0700): holds the API socket", 'api="$netdir/api.sock"']
         lines += [
             "(",
@@ -164,7 +165,7 @@ class NetworkPlan:
             "    " + " ".join(argv) + " >/dev/null 2>&1 &",
             "    helper=$!",
         ]
-        if self.api:
+        if self.api and self.forwards:
             lines.append('    i=0; until [ -S "$api" ]; do i=$((i + 1)); [ $i -le 200 ] || exit 1; sleep 0.05; done')
             for fwd in self.forwards:
                 lines += [
@@ -228,8 +229,7 @@ def _slirp4netns(profile: Profile, host: HostFacts) -> NetworkPlan:
     else:
         argv.append("--disable-host-loopback")
     argv += ["--enable-sandbox", "--enable-seccomp", f"--ready-fd={READY_FD}", f"--exit-fd={EXIT_FD}"]
-    if forwards:
-        argv.append(f"--api-socket={API_SOCKET}")
+    argv.append(f"--api-socket={API_SOCKET}")
     # The target is the stage's pid: slirp4netns joins its net namespace and the user namespace
     # that owns it (the outer one, the stage's; not the payload's nested one). The explicit
     # --userns-path/--netns-type=path form breaks --enable-sandbox in slirp4netns 1.2.

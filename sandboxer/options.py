@@ -64,6 +64,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "show the compiled plan: one line per step, a shell script, JSON, or the resolved profile",
         "sandboxer explain [--shell|--json|--resolved] [OPTIONS] [PROFILE] [OPTIONS] [--] [COMMAND [ARG...]]",
     ),
+    "ps": ("list your running named sandboxes", "sandboxer ps [--json|--names]"),
+    "exec": ("run a command in a running named sandbox, as its payload runs",
+             "sandboxer exec NAME [--] CMD [ARG...]"),
+    "stop": ("stop a running named sandbox: SIGTERM, SIGKILL after --timeout; say its exit status",
+             "sandboxer stop [--timeout SECONDS] NAME"),
+    "logs": ("show a detached sandbox's output", "sandboxer logs [--follow] NAME"),
+    "port": ("add, list or remove a running sandbox's port forwards (slirp4netns)",
+             "sandboxer port add|ls|rm NAME [FORWARD|ID]"),
     "profiles": ("list the profiles found by name, where, and which are shadowed",
                  "sandboxer profiles [--names]"),
     "completion": ("print the completion script of a shell: bash, zsh or fish",
@@ -102,6 +110,16 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "schema": (("the schema beside your profiles, for Taplo or Even Better TOML",
                 "sandboxer schema > ~/.config/sandboxer/profiles/sandboxer-profile.schema.json"),),
     "doctor": (("what sandboxes need, checked here", "sandboxer doctor"),),
+    "ps": (("what runs, with its forwards", "sandboxer ps"),),
+    "exec": (("a shell in the running sandbox web", "sandboxer exec web -- bash"),),
+    "stop": (("stop web, killing it after 5 s", "sandboxer stop --timeout 5 web"),),
+    "logs": (("follow a detached server's output", "sandboxer logs --follow web"),),
+    "port": (
+        ("forward the host's 127.0.0.1:8081 to port 81 of a running sandbox (FORWARD: "
+         "[ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp])", "sandboxer port add web 8081:81"),
+        ("remove the forward with ID 2", "sandboxer port rm web 2"),
+        ("its forwards, with their IDs", "sandboxer port ls web"),
+    ),
     "idmap": (
         ("which host uid owns the files of container user 1000", "sandboxer idmap --map auto 1000:1000"),
         ("who host uid 100999 is inside", "sandboxer idmap --map auto --host 100999"),
@@ -117,6 +135,12 @@ OPTIONS: tuple[Opt, ...] = (
         help="set any profile key, VALUE a TOML value (home.size=1G, namespaces.pid=false, "
              "'env.keep=[\"EDITOR\"]'; not TOML: a string); repeatable; flags and --set apply in the "
              "order given"),
+    Opt("name", kind="value", key="name", metavar="NAME",
+        help="register the running sandbox under NAME (sandboxer ps, exec, stop, logs, port); unique "
+             "among your running sandboxes"),
+    Opt("detach", kind="flag", scopes=("run",),
+        help="run in the background (stdin /dev/null, output to a log: sandboxer logs NAME); print "
+             "the name (a generated one without --name) once the command has started; also -d"),
     Opt("map", kind="choice", key="user.map", metavar="MODE", choices=("self", "root", "auto", "keep-id"),
         complete="choices", scopes=("run", "explain", "idmap"),
         help="the ids inside: 'self' (your uid/gid), 'root' (uid 0, still you outside), 'auto' (0 is "
@@ -206,14 +230,18 @@ OPTIONS: tuple[Opt, ...] = (
         help="run even where the kernel (before Linux 6.12: no Landlock ABI 6) cannot close this "
              "exposure: 'abstract-sockets' (host network) or 'signals' (no PID namespace); repeatable"),
     Opt("dry-run", kind="flag", scopes=("run",), help="print the plan (as explain does) and run nothing"),
-    Opt("names", kind="flag", scopes=("profiles",), help="print the names only, one a line (for scripts "
+    Opt("names", kind="flag", scopes=("profiles", "ps"), help="print the names only, one a line (for scripts "
         "and shell completion)"),
     Opt("resolved", kind="flag", scopes=("explain",),
         help="print the profile as resolved (its extends merged, flags and --set applied) and where "
              "each value comes from"),
     Opt("shell", kind="flag", scopes=("explain",),
         help="print the plan as a shell script a person can read and run"),
-    Opt("json", kind="flag", scopes=("explain", "doctor"), help="print the plan (doctor: the checks) as JSON"),
+    Opt("json", kind="flag", scopes=("explain", "doctor", "ps"),
+        help="print the plan (doctor: the checks; ps: the sandboxes) as JSON"),
+    Opt("follow", kind="flag", scopes=("logs",), help="keep printing the log until the sandbox ends"),
+    Opt("timeout", kind="value", metavar="SECONDS", scopes=("stop",),
+        help="after SIGTERM, wait this long before SIGKILL (default 10)"),
     Opt("user", kind="value", metavar="NAME", complete="user", scopes=("idmap",),
         help="whose subordinate ranges to use (default: yours; with --scheme remap, the daemon's "
              "remap user, e.g. dockremap)"),
@@ -229,10 +257,10 @@ OPTIONS: tuple[Opt, ...] = (
         help="write at most SIZE bytes (k/M/G suffixes) while unpacking; default: half the free "
              "space of DIR's filesystem"),
     Opt("debug", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
-                                      "schema", "doctor", "idmap"),
+                                      "schema", "doctor", "idmap", "ps", "exec", "stop", "logs", "port"),
         help="show Python tracebacks and the chain being run"),
     Opt("help", kind="flag", scopes=("run", "check", "explain", "rootfs", "profiles", "completion",
-                                     "schema", "doctor", "idmap"),
+                                     "schema", "doctor", "idmap", "ps", "exec", "stop", "logs", "port"),
         help="show this help and exit"),
 )
 
@@ -289,6 +317,9 @@ def parse(argv: Sequence[str]) -> Args:
         if tok == "--":
             if command == "rootfs":
                 args.positionals += rest[i:]
+            elif command == "exec" and not args.positionals:
+                args.positionals += rest[i:i + 1]
+                args.argv = rest[i + 1:]
             else:
                 args.argv = rest[i:]
             break
@@ -321,11 +352,20 @@ def parse(argv: Sequence[str]) -> Args:
                     args.overrides.append((opt, name, None))
                     args.tokens.append(name)
             continue
+        if tok == "-d" and command == "run":
+            args.flags.add("detach")
+            continue
         if tok.startswith("-") and tok != "-":
             raise UsageError(f"unknown option {tok!r}; options are spelled --name (see --help)")
         if command == "check":
             args.profiles.append(tok)
-        elif command in ("rootfs", "profiles", "completion", "schema", "doctor", "idmap"):
+        elif command == "exec":
+            if args.positionals:  # after NAME, the command
+                args.argv = rest[i - 1:]
+                break
+            args.positionals.append(tok)
+        elif command in ("rootfs", "profiles", "completion", "schema", "doctor", "idmap", "ps", "stop",
+                         "logs", "port"):
             args.positionals.append(tok)
         elif not args.profiles and (tok.endswith(".toml") or "--" in rest[i:]):
             # a file ending in .toml, or a word with -- after it, names the profile: `run make`
@@ -344,13 +384,31 @@ def parse(argv: Sequence[str]) -> Args:
         _check_rootfs(args.positionals)
     if command == "idmap" and "help" not in args.flags and len(args.positionals) != 1:
         raise UsageError("idmap needs one ID[:GID], e.g. sandboxer idmap --map auto 1000:1000")
-    if command in ("profiles", "schema", "doctor") and args.positionals:
+    if "help" not in args.flags:
+        _check_named(command, args)
+    if command in ("profiles", "schema", "doctor", "ps") and args.positionals:
         raise UsageError(f"{command} takes no arguments, got {args.positionals[0]!r}")
     if command == "completion" and "help" not in args.flags and (
             len(args.positionals) != 1 or args.positionals[0] not in ("bash", "zsh", "fish")):
         raise UsageError("completion needs one shell: bash, zsh or fish "
                          "(e.g. sandboxer completion bash > ~/.local/share/bash-completion/completions/sandboxer)")
     return args
+
+
+def _check_named(command: str, args: Args) -> None:
+    """The positional arguments of the commands on named sandboxes."""
+    pos = args.positionals
+    if command == "exec" and (len(pos) != 1 or not args.argv):
+        raise UsageError("exec needs a sandbox's NAME and a command: sandboxer exec NAME -- CMD [ARG...]")
+    if command in ("stop", "logs") and len(pos) != 1:
+        raise UsageError(f"{command} needs one sandbox's NAME (see sandboxer ps)")
+    if command == "port":
+        verbs = {"add": 3, "ls": 2, "rm": 3}
+        if not pos or pos[0] not in verbs:
+            raise UsageError("port needs a verb: sandboxer port add|ls|rm NAME ...")
+        if len(pos) != verbs[pos[0]]:
+            what = {"add": "NAME [ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]", "ls": "NAME", "rm": "NAME ID"}[pos[0]]
+            raise UsageError(f"usage: sandboxer port {pos[0]} {what}")
 
 
 def _check_rootfs(positionals: Sequence[str]) -> None:

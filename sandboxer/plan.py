@@ -249,11 +249,15 @@ class Plan:
     timeout: float = 0.0  # seconds; 0: none
     kill_after: float = 5.0
     worktree: tuple[str, str] = ("", "none")  # path and mode, for the run's report
+    name: str = ""  # the running sandbox's name (profile key name, --name)
 
     # ---- renderings -------------------------------------------------------------------------
     def describe(self) -> list[str]:
         """One line per step, in the order they happen."""
         lines = [f"supervisor: warning: {w}" for w in self.warnings]
+        if self.name:
+            lines.append(f"supervisor: register the sandbox as {self.name} (its directory in the registry of "
+                         "named sandboxes, locked while it runs, with a control socket for stop and port)")
         lines.append(f"supervisor: spawn {shlex.join(self.outer)}")
         lines.append(f"  namespaces: {', '.join(self.namespaces)}")
         if self.pid:
@@ -365,4 +369,5 @@ class Plan:
             apidir=bool(self.network and self.network.api),
             warnings=self.warnings,
             limits=self.limits, timeout=self.timeout, kill_after=self.kill_after, worktree=self.worktree,
+            name=self.name,
         )

@@ -74,6 +74,7 @@ Bytes = Annotated[int, BeforeValidator(parse_bytes),
 Count = Annotated[int, BeforeValidator(parse_count)]
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a running sandbox's name
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
@@ -410,6 +411,10 @@ class Profile(_Section):
     """A sandboxer profile: how isolated a command should be."""
 
     description: Text = Field("", description="one line saying what the profile is for")
+    name: Text | None = Field(
+        None, description="a name the running sandbox is known by (sandboxer ps, exec, stop, logs, "
+        "port); unique among your running sandboxes; letters, digits, '.', '_', '-'",
+    )
     extends: list[Text] = Field(
         default_factory=list,
         description="profiles this one builds on, merged in order (names, or paths relative to this "
@@ -429,3 +434,11 @@ class Profile(_Section):
     limits: Limits = Limits()
     hide: Hide = Hide()
     security: Security = Security()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_RE.match(value):
+            raise ValueError(f"expected a name of letters, digits, '.', '_' and '-' (at most 64, starting "
+                             f"with a letter or digit), got {value!r}")
+        return value

@@ -24,22 +24,27 @@ class Slirp4netns(Helper):
             return "slirp4netns needs /dev/net/tun readable and writable by you (mode 0666)"
         return "check 'slirp4netns --version' (1.x needed); rerun with --debug"
 
+    keep_api = False  # a named sandbox keeps the API socket, for sandboxer port
+
     def forward(self) -> None:
-        if not self.spec.requests:
-            return
-        api = f"/proc/{self.stage_pid}/cwd/api.sock"
         try:
             for request, shown in zip(self.spec.requests, self.spec.shown, strict=True):
-                self._forward(api, request, shown)
+                self._forward(request, shown)
         finally:
-            try:  # not needed any more (and nothing but us could reach it anyway)
-                import os
+            if not self.keep_api:
+                try:  # not needed any more (and nothing but us could reach it anyway)
+                    import os
 
-                os.unlink(api)
-            except OSError:
-                pass
+                    os.unlink(self.api_path)
+                except OSError:
+                    pass
 
-    def _forward(self, api: str, request: str, shown: str) -> None:
+    @property
+    def api_path(self) -> str:
+        return f"/proc/{self.stage_pid}/cwd/api.sock"
+
+    def call(self, request: str) -> bytes:
+        """One request over the API socket, and its reply (raw JSON)."""
         # _socket, not socket: socket.py imports enum and selectors, ~3 ms on every networked run
         import _socket
 
@@ -47,19 +52,28 @@ class Slirp4netns(Helper):
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(API_TIMEOUT)
-            sock.connect(api)
+            sock.connect(self.api_path)
             sock.sendall(request.encode())
             sock.shutdown(_socket.SHUT_WR)
             while chunk := sock.recv(65536):
                 reply += chunk
                 if len(reply) > 1 << 20:
                     break
-        except OSError as e:
-            raise self.failed(f"cannot add the forward {shown}: API socket: {e.strerror or e}") from None
         finally:
             sock.close()
+        return reply
+
+    def _forward(self, request: str, shown: str) -> None:
+        try:
+            reply = self.call(request)
+        except OSError as e:
+            raise self.failed(f"cannot add the forward {shown}: API socket: {e.strerror or e}") from None
         if reply.startswith(b'{"return"') or reply.startswith(b'{ "return"'):
             return  # (json, ~1 ms to import, only for the replies that need reading)
+        self.answer(reply, f"forward {shown}")
+
+    def answer(self, reply: bytes, what: str) -> dict[str, object]:
+        """The "return" of a reply; a SandboxerError for an error or a reply of another shape."""
         import json
 
         try:
@@ -67,11 +81,13 @@ class Slirp4netns(Helper):
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise self.failed(f"cannot add the forward {shown}: unexpected reply {reply[:200]!r}")
+            raise self.failed(f"cannot {what}: unexpected reply {reply[:200]!r}")
         if "error" in answer:
             error = answer["error"]
             desc = error.get("desc", error) if isinstance(error, dict) else error
             raise SandboxerError(
-                f"network helper cannot forward {shown}: {desc}",
-                "is the host port already in use? pick another one",
+                f"network helper cannot {what}: {desc}",
+                "is the host port already in use? pick another one" if "forward" in what else "",
             )
+        result = answer.get("return", answer)  # list_hostfwd answers {"entries": [...]} unwrapped
+        return result if isinstance(result, dict) else {}

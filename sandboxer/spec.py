@@ -214,16 +214,16 @@ class RunSpec:
 
     __slots__ = ("outer", "pid", "hostname", "lo", "users", "cwd", "env", "command", "mounts",
                  "rootfs", "network", "landlock", "apidir", "warnings", "limits", "timeout", "kill_after",
-                 "worktree")
+                 "worktree", "name")
 
-    VERSION = 3  # of data(): part of the plan cache key
+    VERSION = 4  # of data(): part of the plan cache key
 
     def __init__(self, *, outer: tuple[str, ...], pid: bool, hostname: str, lo: bool,
                  users: UserSpec, cwd: str, env: EnvSpec, command: tuple[str, ...],
                  mounts: tuple[MountSpec, ...], rootfs: RootfsSpec | None, network: NetSpec | None,
                  landlock: int, apidir: bool, warnings: tuple[str, ...],
                  limits: tuple[tuple[str, int], ...] = (), timeout: float = 0.0, kill_after: float = 5.0,
-                 worktree: tuple[str, str] = ("", "none")) -> None:
+                 worktree: tuple[str, str] = ("", "none"), name: str = "") -> None:
         self.outer = outer  # unshare ... -- sandboxer-stage
         self.pid = pid
         self.hostname = hostname
@@ -242,6 +242,7 @@ class RunSpec:
         self.timeout = timeout  # seconds of the whole run; 0: none
         self.kill_after = kill_after
         self.worktree = worktree  # its path and mode, for the report
+        self.name = name  # the profile's name for the running sandbox ("" none)
 
     def data(self) -> Data:
         return (
@@ -249,13 +250,13 @@ class RunSpec:
             self.env.data(), self.command, tuple(op.data() for op in self.mounts),
             self.rootfs.data() if self.rootfs else None, self.network.data() if self.network else None,
             self.landlock, self.apidir, self.warnings, self.limits, self.timeout, self.kill_after,
-            self.worktree,
+            self.worktree, self.name,
         )
 
     @classmethod
     def from_data(cls, data: object) -> RunSpec:
         (version, outer, pid, hostname, lo, users, cwd, env, command, mounts, rootfs, network,
-         landlock, apidir, warnings, limits, timeout, kill_after, worktree) = _tuple(data, 19)
+         landlock, apidir, warnings, limits, timeout, kill_after, worktree, name) = _tuple(data, 20)
         if version != cls.VERSION:
             raise SpecError(f"run spec version {version!r}, expected {cls.VERSION}")
         bits = _int(landlock)
@@ -270,5 +271,5 @@ class RunSpec:
             landlock=bits, apidir=_bool(apidir), warnings=_strs(warnings),
             limits=tuple((_one_of(n, tuple(RLIMITS)), _int(v)) for n, v in (_tuple(p, 2) for p in _tuple(limits))),
             timeout=_float(timeout), kill_after=_float(kill_after),
-            worktree=_pair(worktree),
+            worktree=_pair(worktree), name=_str(name),
         )

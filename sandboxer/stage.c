@@ -145,6 +145,9 @@ struct config {
 	const char *uid_map, *gid_map; /* the payload's user namespace, as /proc takes them */
 	int maps_by_stage; /* several ids: the stage writes the maps; else the payload, one id */
 	long runas_uid, runas_gid; /* -1: keep the ids the map gives */
+	int announce; /* report the payload's pid once it has exec'd (a named sandbox) */
+	long join[4]; /* --join: the stage's pid and start time, the payload's */
+	int join_chroot; /* --join: the sandbox has another root (the payload's root is entered) */
 	struct {
 		int resource;
 		long value;
@@ -165,6 +168,8 @@ struct config {
 static struct config cfg;
 static volatile pid_t payload_pid;
 static int printing; /* --print-config */
+static int joining; /* --join: sandboxer exec, into a running sandbox */
+static int execd_fd = -1; /* the payload's end of the pipe that closes when it execs */
 
 /* ---- reporting ---------------------------------------------------------------------------- */
 static void status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -177,6 +182,16 @@ static void status(const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
+	if (joining) {
+		/* sandboxer exec: no supervisor listens; what went wrong goes to its stderr */
+		const char *text = buf + 1;
+		if (buf[0] == STATUS_EXEC)
+			text = strchr(buf, ' ') ? strchr(buf, ' ') + 1 : text;
+		if (buf[0] == STATUS_EXEC || buf[0] == STATUS_ERROR)
+			dprintf(2, "sandboxer: error: %s%s", buf[0] == STATUS_ERROR ? "cannot join the sandbox: " : "",
+				text);
+		return;
+	}
 	size_t len = (size_t)n;
 	if (len >= sizeof buf) {
 		len = sizeof buf - 1;
@@ -430,6 +445,12 @@ static void read_config(int fd)
 			break;
 		}
 		case TAG_KEEP: cfg.keep = field(name); break;
+		case TAG_ANNOUNCE: cfg.announce = boolean(name); break;
+		case TAG_JOIN:
+			for (int k = 0; k < 4; k++)
+				cfg.join[k] = number(name);
+			cfg.join_chroot = boolean(name);
+			break;
 		case TAG_MOUNT: mount_record(&cfg.mounts, &cfg.nmounts, name); break;
 		case TAG_ROOTFS:
 			cfg.rootfs_dir = field(name);
@@ -449,7 +470,7 @@ static void read_config(int fd)
 			if (config_pos != config_len)
 				die("the stage's config goes on after its end (sandboxer bug)");
 			for (int t = 0; t < NTAGS; t++)
-				if (WIRE_TAGS[t].required && !seen[t])
+				if (WIRE_TAGS[t].required && !seen[t] && !(seen[TAG_JOIN] && t != TAG_ARG && t != TAG_CWD))
 					die("the stage's config has no '%s' record (sandboxer bug)", WIRE_TAGS[t].name);
 			if (cfg.nrootfs_mounts && !cfg.rootfs_dir)
 				die("the stage's config has rootfs mounts but no rootfs (sandboxer bug)");
@@ -1363,6 +1384,11 @@ static void enter_landlock(void)
 	struct ll_ruleset_attr attr = {LL_ACCESS_FS_MAKE_BLOCK, 0, 0};
 	if (abi >= LL_SCOPES_ABI)
 		attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL;
+	/* an exec'd command is in a domain of its own: with a PID namespace it may signal the
+	 * payload (it sees nothing else), so only the scopes the plan requires apply */
+	if (joining && abi >= LL_SCOPES_ABI)
+		attr.scoped = (cfg.landlock & NEED_ABSTRACT ? LL_SCOPE_ABSTRACT_UNIX_SOCKET : 0) |
+			      (cfg.landlock & NEED_SIGNAL ? LL_SCOPE_SIGNAL : 0);
 	int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
 	CHECK(fd, "cannot create a Landlock ruleset");
 	CHECK(syscall(SYS_landlock_restrict_self, fd, 0), "cannot enter a Landlock domain");
@@ -1602,8 +1628,9 @@ static void deleted_below(int upper, int lower, const char *rel)
 	closedir(d);
 }
 
-static void payload_child(int rootfd, int ask, int answer) __attribute__((noreturn));
-static void payload_child(int rootfd, int ask, int answer)
+/* The command's own job: the signals the stage (or the joiner) handles back at their defaults,
+ * none blocked, a job of its own, and a fresh session keyring (not the caller's keys). */
+static void own_job(void)
 {
 	const int reset[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, ORPHANED, SIGCHLD, SIGPIPE, SIGXFSZ};
 	for (size_t i = 0; i < sizeof reset / sizeof reset[0]; i++)
@@ -1623,6 +1650,12 @@ static void payload_child(int rootfd, int ask, int answer)
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	CHECK(syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL), "cannot create a fresh session keyring");
+}
+
+static void payload_child(int rootfd, int ask, int answer) __attribute__((noreturn));
+static void payload_child(int rootfd, int ask, int answer)
+{
+	own_job();
 	/* Before the user namespace: it takes the RLIMIT_NPROC of its creator as its own, and counts
 	 * the processes of each uid in it apart from the same uid's elsewhere, so N holds for the
 	 * sandbox while the user's other processes are not counted (and can still start). Soft =
@@ -1654,10 +1687,17 @@ static void payload_child(int rootfd, int ask, int answer)
 	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs");
 	enter_landlock(); /* unprivileged: needs no_new_privs */
 	install_seccomp();
-	/* Only fds 0-2 reach the payload; the status pipe is close-on-exec and stays for errors. */
+	/* Only fds 0-2 reach the payload; the status pipe is close-on-exec and stays for errors, and
+	 * so does the pipe whose end tells the stage the payload has exec'd (a named sandbox). */
 	close(CONFIG_FD);
-	if (syscall(SYS_close_range, STATUS_FD + 1, ~0U, 0) < 0)
-		for (int fd = STATUS_FD + 1; fd < 65536; fd++)
+	int first = STATUS_FD + 1;
+	if (execd_fd >= 0) {
+		if (execd_fd != first)
+			CHECK(dup3(execd_fd, first, O_CLOEXEC), "cannot keep a pipe");
+		first++;
+	}
+	if (syscall(SYS_close_range, first, ~0U, 0) < 0)
+		for (int fd = first; fd < 65536; fd++)
 			close(fd);
 	CHECK(fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC), "cannot set close-on-exec");
 	exec_payload();
@@ -1756,8 +1796,125 @@ static void forward(int sig)
 	errno = saved;
 }
 
+/* ---- --join: sandboxer exec -------------------------------------------------------------- */
+/* A pidfd of pid, if it is still the process that started at start (a recycled pid is not). */
+static int verified_pidfd(long pid, long start, const char *what)
+{
+	int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	if (fd < 0)
+		die("the sandbox's %s (pid %ld) is gone", what, pid);
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+	FILE *f = fopen(path, "re");
+	char buf[1024] = "";
+	size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+	if (f)
+		fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	unsigned long long started = 0;
+	/* after the command's name: state, then 18 fields, then starttime (field 22) */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+			 &started) != 1 || (long)started != start)
+		die("the sandbox's %s (pid %ld) is gone (the pid is another process now)", what, pid);
+	return fd;
+}
+
+static int same_ns(long pid, const char *ns)
+{
+	char a[64], b[64];
+	struct stat sa, sb;
+	snprintf(a, sizeof a, "/proc/self/ns/%s", ns);
+	snprintf(b, sizeof b, "/proc/%ld/ns/%s", pid, ns);
+	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev;
+}
+
+/* Into a running sandbox with exactly what its payload has: the stage's namespaces, then the
+ * payload's own user namespace (so the mounts stay locked), the payload's root, its ids, cwd,
+ * environment policy and hardening. This process stays outside the PID namespace (setns(2) of
+ * one moves only children) and waits for the command, forwarding signals; the command is in
+ * the sandbox's PID namespace and dies with it. Any step that fails ends it before the command
+ * runs (exit 125). */
+static int join_main(void)
+{
+	joining = 1;
+	read_config(CONFIG_FD);
+	close(CONFIG_FD);
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	long stage = cfg.join[0], payload = cfg.join[2];
+	int stagefd = verified_pidfd(stage, cfg.join[1], "init");
+	int payloadfd = verified_pidfd(payload, cfg.join[3], "command");
+	int flags = 0;
+	const char *names[] = {"mnt", "pid", "net", "uts", "ipc", "cgroup"};
+	const int kinds[] = {CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP};
+	for (int i = 0; i < 6; i++)
+		if (!same_ns(stage, names[i]))
+			flags |= kinds[i];
+	/* the outer user namespace first: its owner (us) gets every capability in it and in the
+	 * payload's, which are needed to open the payload's root and to join the rest */
+	CHECK(setns(stagefd, CLONE_NEWUSER), "cannot join the sandbox's user namespace");
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/root", payload);
+	int rootfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	CHECK(rootfd, "cannot open the payload's root");
+	if (flags)
+		CHECK(setns(stagefd, flags), "cannot join the sandbox's namespaces");
+	CHECK(setns(payloadfd, CLONE_NEWUSER), "cannot join the payload's user namespace");
+	close(stagefd);
+	close(payloadfd);
+	CHECK(fchdir(rootfd), "cannot enter the payload's root");
+	CHECK(chroot("."), "cannot enter the payload's root");
+	close(rootfd);
+
+	sigset_t mask, old;
+	sigemptyset(&mask);
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaddset(&mask, FORWARDED[i]);
+	sigprocmask(SIG_BLOCK, &mask, &old);
+	pid_t child = fork();
+	CHECK(child, "cannot fork");
+	if (child == 0) {
+		own_job();
+		if (cfg.join_chroot)
+			CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0), "cannot drop CAP_SYS_CHROOT");
+		switch_ids();
+		CHECK(chdir(cfg.cwd), "cannot change to the working directory %s", cfg.cwd);
+		CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs");
+		enter_landlock();
+		install_seccomp();
+		if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
+			for (int fd = 3; fd < 65536; fd++)
+				close(fd);
+		exec_payload();
+	}
+	payload_pid = child;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = forward;
+	sa.sa_flags = SA_RESTART;
+	sigfillset(&sa.sa_mask);
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaction(FORWARDED[i], &sa, NULL);
+	if (cfg.tty)
+		setpgid(child, child);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	int st;
+	while (waitpid(child, &st, 0) < 0)
+		if (errno != EINTR)
+			return 125;
+	if (cfg.tty) {
+		signal(SIGTTOU, SIG_IGN);
+		tcsetpgrp(0, getpgrp());
+	}
+	if (WIFSIGNALED(st))
+		return 128 + WTERMSIG(st);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 125;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "--join"))
+		return join_main();
 	if (argc == 2 && !strcmp(argv[1], "--print-config")) {
 		printing = 1;
 		read_config(0);
@@ -1765,7 +1922,8 @@ int main(int argc, char **argv)
 		return fflush(stdout) == 0 ? 0 : 125;
 	}
 	if (argc != 1) {
-		dprintf(2, "usage: sandboxer-stage (run by sandboxer) | sandboxer-stage --print-config < CONFIG\n");
+		dprintf(2, "usage: sandboxer-stage (run by sandboxer) | sandboxer-stage --print-config < CONFIG | "
+			   "sandboxer-stage --join (sandboxer exec)\n");
 		return 125;
 	}
 	if (dup2(STDERR_FD, 2) < 0)
@@ -1822,7 +1980,9 @@ int main(int argc, char **argv)
 		sigaddset(&mask, FORWARDED[i]);
 	sigaddset(&mask, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &mask, &old);
-	int asks[2] = {-1, -1}, answers[2] = {-1, -1};
+	int asks[2] = {-1, -1}, answers[2] = {-1, -1}, execd[2] = {-1, -1};
+	if (cfg.announce)
+		CHECK(pipe2(execd, O_CLOEXEC), "cannot make a pipe");
 	if (cfg.maps_by_stage) {
 		CHECK(pipe2(asks, O_CLOEXEC), "cannot make a pipe");
 		CHECK(pipe2(answers, O_CLOEXEC), "cannot make a pipe");
@@ -1834,6 +1994,10 @@ int main(int argc, char **argv)
 			close(asks[0]);
 			close(answers[1]);
 		}
+		if (execd[0] >= 0) {
+			close(execd[0]); /* execd[1] closes as the payload execs (or dies) */
+			execd_fd = execd[1];
+		}
 		payload_child(rootfd, asks[1], answers[0]);
 	}
 	payload_pid = payload;
@@ -1841,6 +2005,15 @@ int main(int argc, char **argv)
 		close(asks[1]);
 		close(answers[0]);
 		map_payload(payload, asks[0], answers[1]);
+	}
+	if (execd[0] >= 0) {
+		/* named: say the payload has started (exec'd), for ps, exec and run --detach */
+		close(execd[1]);
+		char byte;
+		while (read(execd[0], &byte, 1) < 0 && errno == EINTR)
+			;
+		close(execd[0]);
+		status("%c%d\n", STATUS_STARTED, (int)payload);
 	}
 	close(CONTROL_FD);
 	struct sigaction sa;

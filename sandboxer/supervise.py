@@ -26,6 +26,7 @@ from .wire import CONFIG_FD, CONTROL_FD, GO, STATUS, STATUS_FD, STDERR_FD, WireE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .control import Named
     from .helper import Helper
     from .outcome import Changes
     from .spec import RunSpec
@@ -38,10 +39,10 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 
 
 def stage_config(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int,
-                 keep: str = "") -> bytes:
+                 keep: str = "", announce: bool = False) -> bytes:
     """The stage's config for this run (wire.py); a NUL in a value is refused, not passed on."""
     try:
-        return encode(spec, tty=tty, env=env, argv=argv, ppid=ppid, keep=keep)
+        return encode(spec, tty=tty, env=env, argv=argv, ppid=ppid, keep=keep, announce=announce)
     except WireError as e:
         raise SandboxerError(str(e), "remove it") from None
 
@@ -140,9 +141,11 @@ def _find_child(pid: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, spec: RunSpec, argv: list[str] | None, *, debug: bool = False, keep: str = ""):
+    def __init__(self, spec: RunSpec, argv: list[str] | None, *, debug: bool = False, keep: str = "",
+                 named: Named | None = None):
         self.spec = spec
         self.keep = keep
+        self.named = named  # a named sandbox: its registry entry and control socket
         self.changes: Changes | None = None
         if spec.worktree[1] == "overlay":
             from .outcome import Changes
@@ -152,7 +155,7 @@ class Supervisor:
         self.deadline = 0.0  # of the run's timeout, then of its grace; 0: none
         self.argv = argv or list(spec.command)
         self.debug = debug
-        self.tty = _interactive()
+        self.tty = _interactive() and not (named and named.detached)
         self.child = 0  # unshare
         self.stage = 0  # the stage, as the host sees it
         self.pending: list[int] = []  # signals caught, not yet handled
@@ -169,7 +172,7 @@ class Supervisor:
     def _spawn(self) -> tuple[int, int, int]:
         outer = list(self.spec.outer)
         blob = stage_config(self.spec, tty=self.tty, env=self.spec.env.build(dict(os.environ)),
-                            argv=self.argv, ppid=os.getpid(), keep=self.keep)
+                            argv=self.argv, ppid=os.getpid(), keep=self.keep, announce=self.named is not None)
         cfg_r, cfg_w = os.pipe()
         st_r, st_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
@@ -211,7 +214,14 @@ class Supervisor:
         try:
             st_r, err_r, pidfd = self._spawn()
             fds += [st_r, err_r, pidfd, self.ctl_w]
-            return self._loop(st_r, err_r, pidfd, wake_r)
+            code = self._loop(st_r, err_r, pidfd, wake_r)
+            if self.named is not None:
+                self.named.ended(code, self.exit_status)
+            return code
+        except SandboxerError as e:
+            if self.named is not None:
+                self.named.failed(e)
+            raise
         finally:
             if self.net is not None:
                 self.net.ask_stop()
@@ -250,6 +260,8 @@ class Supervisor:
             watch = [pidfd, wake_r] + ([st_r] if self.status_open else [])
             if self.net is not None:
                 watch.append(self.net.pidfd)
+            if self.named is not None and self.ready:
+                watch.append(self.named.listener)
             readable, _, _ = select.select(watch, [], [], timeout)
             if not readable:
                 if self.ready:
@@ -262,6 +274,8 @@ class Supervisor:
                 return self.interrupted
             if st_r in readable:
                 self.on_status(st_r)
+            if self.named is not None and self.named.listener in readable:
+                self.on_control(time.monotonic())
             if self.exit_status is not None or pidfd in readable:
                 break
         return self.on_end(err_r)
@@ -275,11 +289,11 @@ class Supervisor:
 
     def on_timeout(self, now: float) -> None:
         """The run's --timeout: SIGTERM to the payload (through the stage), and when the grace
-        is over too, SIGKILL to the whole sandbox."""
+        is over too, SIGKILL to the whole sandbox. (sandboxer stop's grace ends here too.)"""
         if self.exit_status is not None:
             self.deadline = 0.0
             return
-        if not self.timed_out:
+        if not self.timed_out and not self.stopping:
             self.timed_out = True
             print(f"sandboxer: the command ran for {self.spec.timeout:g} s (--timeout): sending it SIGTERM"
                   + (f", SIGKILL in {self.spec.kill_after:g} s" if self.spec.kill_after else ""), file=sys.stderr)
@@ -291,6 +305,30 @@ class Supervisor:
             return
         self.deadline = 0.0
         self._kill_sandbox()
+
+    stopping = False
+
+    def on_control(self, now: float) -> None:
+        """A request on a named sandbox's control socket (sandboxer stop, port)."""
+        assert self.named is not None
+        request = self.named.accept()
+        if request is None:
+            return
+        conn, message = request
+        op = message.get("op")
+        if op == "stop":
+            self.named.stoppers.append(conn)
+            if not self.stopping and self.exit_status is None:
+                self.stopping = True
+                grace = message.get("timeout")
+                grace = float(grace) if isinstance(grace, (int, float)) and not isinstance(grace, bool) else 10.0
+                try:
+                    os.kill(self.stage, signal.SIGTERM)  # the stage forwards it to the payload
+                except OSError:
+                    pass
+                self.deadline = now + max(0.0, grace)
+            return
+        self.named.reply(conn, self.named.port(op, message, self.net))
 
     def on_helper_died(self) -> None:
         """The network helper died: never leave the payload without the network it was given."""
@@ -348,6 +386,10 @@ class Supervisor:
             elif kind == STATUS["stopped"]:
                 stopsig, _, nspid = rest.partition(" ")
                 self.on_stopped(int(stopsig), int(nspid))
+            elif kind == STATUS["started"]:
+                if self.named is not None and self.failure is None:
+                    inside = int(rest)
+                    self.named.started(self, _host_pid(self.stage, inside) if self.spec.pid else inside)
             elif kind == STATUS["change"]:
                 if self.changes is not None:
                     self.changes.add(rest)
@@ -366,7 +408,8 @@ class Supervisor:
             from . import helper
 
             try:
-                self.net = helper.start(self.spec.network, self.stage, debug=self.debug)
+                self.net = helper.start(self.spec.network, self.stage, debug=self.debug,
+                                        keep_api=self.named is not None)
             except BaseException:
                 self._kill_sandbox()  # the payload never runs
                 raise
@@ -422,6 +465,9 @@ class Supervisor:
                 raise diagnose(message)  # it could not even start
             if self.timed_out:
                 return EXIT_TIMEOUT  # the grace was over: SIGKILL took the sandbox
+            if self.stopping:  # sandboxer stop's grace was over
+                self.exit_status = int(signal.SIGKILL)
+                return 128 + int(signal.SIGKILL)
             if os.WIFSIGNALED(wstatus):
                 raise SandboxerError(f"the sandbox was killed by signal {os.WTERMSIG(wstatus)}")
             raise SandboxerError("the sandbox ended before the command did")
@@ -451,18 +497,18 @@ class Supervisor:
 
 
 def run(spec: RunSpec, argv: list[str] | None, *, debug: bool = False, keep: str = "", report: str = "",
-        diff: bool = False) -> int:
+        diff: bool = False, named: Named | None = None) -> int:
     """Run spec; with a work tree overlay, say what the command changed (--diff: list it; --keep
     DIR: keep it); with --report FILE, write how it ended."""
     if not (keep or report or diff or spec.worktree[1] == "overlay"):
-        return Supervisor(spec, argv, debug=debug).run()
+        return Supervisor(spec, argv, debug=debug, named=named).run()
     from . import outcome
 
     if (keep or diff) and spec.worktree[1] != "overlay":
         raise SandboxerError(f"{'--keep' if keep else '--diff'} needs a work tree overlay", "add --worktree overlay")
     reporter = outcome.Report(report) if report else None
     kept = outcome.prepare_keep(keep, spec) if keep else ""
-    sup = Supervisor(spec, argv, debug=debug, keep=kept)
+    sup = Supervisor(spec, argv, debug=debug, keep=kept, named=named)
     limits = dict(spec.limits)
     failed = True
     try:

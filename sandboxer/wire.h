@@ -27,6 +27,8 @@ enum wire_tag {
 	TAG_CWD,
 	TAG_LIMIT,
 	TAG_KEEP,
+	TAG_ANNOUNCE,
+	TAG_JOIN,
 	TAG_MOUNT,
 	TAG_ROOTFS,
 	TAG_ROOTMOUNT,
@@ -53,6 +55,8 @@ static const struct wire_tag_info {
 	{"cwd", "s", 0, 1},
 	{"limit", "si", 1, 0},
 	{"keep", "s", 0, 0},
+	{"announce", "b", 0, 0},
+	{"join", "iiiib", 0, 0},
 	{"mount", "kssbisbii", 1, 0},
 	{"rootfs", "sss", 0, 0},
 	{"rootmount", "kssbisbii", 1, 0},
@@ -127,6 +131,7 @@ static const char *const DEV_LINKS[][2] = {
 #define STATUS_EXEC 'N'
 #define STATUS_STOPPED 'S'
 #define STATUS_CHANGE 'C'
+#define STATUS_STARTED 'P'
 #define STATUS_EXIT 'X'
 #define GO 'G'
 

@@ -48,6 +48,10 @@ TAGS: dict[str, tuple[str, bool, bool]] = {
     # kind, source, target, readonly, size, mode, create, and a tmpfs's owner (-1: the stage)
     "limit": ("si", True, False),  # a resource limit of the payload (RLIMITS), soft = hard
     "keep": ("s", False, False),  # the overlay's upper layer goes to this directory, not a tmpfs
+    "announce": ("b", False, False),  # report the payload's pid once it has exec'd (named sandboxes)
+    # --join (sandboxer exec): the stage's pid and start time, the payload's, and whether the
+    # sandbox has another root; with it, only arg and cwd are required
+    "join": ("iiiib", False, False),
     "mount": ("kssbisbii", True, False),
     "rootfs": ("sss", False, False),  # path, switch (ROOT_SWITCHES), writes (ROOT_WRITES)
     "rootmount": ("kssbisbii", True, False),  # a mount inside the rootfs; targets are paths in it
@@ -72,8 +76,9 @@ DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/sel
 # the stage's status messages, first byte: R ready; E<msg>\n setup failed; N<code> <msg>\n the
 # payload could not be executed; S<signal> <pid>\n stopped on the terminal; C<A|M|D><path>\n a
 # change of the overlay work tree (after the payload; \ and newline escaped as \\ and \n);
-# X<status>\n exited
-STATUS = {"ready": "R", "error": "E", "exec": "N", "stopped": "S", "change": "C", "exit": "X"}
+# P<pid>\n the payload (that pid in the sandbox) has exec'd (when announce); X<status>\n exited
+STATUS = {"ready": "R", "error": "E", "exec": "N", "stopped": "S", "change": "C", "started": "P",
+          "exit": "X"}
 GO = "G"  # the supervisor's go, on the control fd
 
 
@@ -103,7 +108,7 @@ def _mount(out: list[bytes], tag: str, op: MountSpec) -> None:
 
 
 def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], ppid: int,
-           keep: str = "") -> bytes:
+           keep: str = "", announce: bool = False) -> bytes:
     """The stage's config for one run of spec."""
     out: list[bytes] = [MAGIC.encode(), str(VERSION).encode()]
     _record(out, "pid", spec.pid)
@@ -127,12 +132,33 @@ def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], pp
         _record(out, "limit", limit, amount)
     if keep:
         _record(out, "keep", keep)
+    if announce:
+        _record(out, "announce", True)
     for op in spec.mounts:
         _mount(out, "mount", op)
     if spec.rootfs is not None:
         _record(out, "rootfs", spec.rootfs.path, spec.rootfs.switch, spec.rootfs.writes)
         for op in spec.rootfs.mounts:
             _mount(out, "rootmount", op)
+    for word in argv:
+        _record(out, "arg", word)
+    for name, value in env.items():
+        _record(out, "env", f"{name}={value}")
+    _record(out, "end")
+    return b"\0".join(out) + b"\0"
+
+
+def encode_join(*, stage: tuple[int, int], payload: tuple[int, int], chroot: bool, tty: bool, landlock: int,
+                run_as: tuple[int, int], cwd: str, env: dict[str, str], argv: list[str]) -> bytes:
+    """The config of `sandboxer-stage --join` (sandboxer exec): whom to join (pids and start
+    times), and what the command gets."""
+    out: list[bytes] = [MAGIC.encode(), str(VERSION).encode()]
+    _record(out, "join", stage[0], stage[1], payload[0], payload[1], chroot)
+    _record(out, "tty", tty)
+    _record(out, "landlock", landlock)
+    if run_as[0] >= 0:
+        _record(out, "runas", *run_as)
+    _record(out, "cwd", cwd)
     for word in argv:
         _record(out, "arg", word)
     for name, value in env.items():

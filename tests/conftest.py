@@ -79,7 +79,7 @@ def caller_env(home: Path, **extra: str) -> dict[str, str]:
 def sbx(args: Sequence[str], home: Path, *, cwd: Path | None = None, timeout: float = 30,
         env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     if not args or args[0] not in ("run", "check", "explain", "profiles", "rootfs", "completion", "schema",
-                                   "doctor", "idmap", "rnu"):
+                                   "doctor", "idmap", "ps", "exec", "stop", "logs", "port", "rnu"):
         args = ["run", *args]
     return subprocess.run(
         [str(BIN), *args], capture_output=True, text=True, timeout=timeout,

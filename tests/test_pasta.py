@@ -319,3 +319,21 @@ out["left"] = gone(*HELPERS, seconds=5)
 """, script=str(path))
     assert out["rc"] == 0, out["stderr"]
     assert f"inet {ADDR}/24" in str(out["stdout"]) and "nameserver 169.254.1.1" in str(out["stdout"])
+
+
+def test_a_named_pasta_sandbox_says_its_forwards_are_fixed(home: Path) -> None:
+    out = scenario(home, """
+name = "pasta-" + str(os.getpid())
+r = run("-d", "--name", name, "--net", "pasta", "--", "sleep", "60")
+out["started"] = [r.returncode, r.stdout, r.stderr]
+p = subprocess.run([SBX, "port", "add", name, "9999:80"], capture_output=True, text=True, timeout=60)
+out["port"] = [p.returncode, p.stderr]
+s = subprocess.run([SBX, "stop", name], capture_output=True, text=True, timeout=60)
+out["stop"] = [s.returncode, s.stdout]
+out["gone"] = gone(*HELPERS)
+""")
+    assert out["started"][0] == 0, out
+    code, err = out["port"]
+    assert code == 125 and "uses pasta, whose forwards are fixed when it starts" in err and err.count("\n") == 1
+    assert out["stop"] == [0, f"{out['started'][1].strip()}: killed by signal 15\n"]
+    assert out["gone"]

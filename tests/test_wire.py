@@ -200,7 +200,7 @@ def test_the_run_spec_round_trips_and_refuses_other_shapes() -> None:
         data = marshal.loads(marshal.dumps(spec.data()))
         assert RunSpec.from_data(data).data() == spec.data()
     data = list(spec_for([]).data())
-    for bad, says in ((data[:-1], "tuple of 19"), ([99, *data[1:]], "version 99"),
+    for bad, says in ((data[:-1], "tuple of 20"), ([99, *data[1:]], "version 99"),
                       ([*data[:2], "yes", *data[3:]], "boolean")):
         with pytest.raises(SpecError, match=says):
             RunSpec.from_data(tuple(bad))
