@@ -12,7 +12,7 @@ import pytest
 
 from sandboxer.options import UsageError, parse
 
-from .conftest import REPO, sbx
+from .conftest import REPO, caller_env, sbx
 
 SHIPPED = REPO / "sandboxer" / "profiles"
 
@@ -364,3 +364,39 @@ def test_bin_sandboxer_from_a_checkout_says_what_is_missing(tmp_path: Path) -> N
     assert out.returncode == 125
     assert out.stderr.startswith("sandboxer: error: sandboxer is not installed here: No module named ")
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.usefixtures("integration")
+def test_installed_from_a_wheel_it_works_from_anywhere(home: Path, tmp_path: Path) -> None:
+    """What pipx or pip does: a wheel built from the checkout, installed (not editable) in a venv
+    of its own; run outside any checkout, it finds its shipped profiles and its stage. The
+    dependencies come from this venv (a .pth file), so that nothing is downloaded."""
+    import site
+    import sys
+    import venv
+
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    target = tmp_path / "tool"
+    venv.create(target, with_pip=False)
+    paths = [p for p in site.getsitepackages() if "site-packages" in p]
+    tool_site = next((target / "lib").glob("python3*/site-packages"))
+    (tool_site / "deps.pth").write_text("\n".join(paths) + "\n")
+    wheel = next(wheels.glob("sandboxer-*.whl"))
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                                "--target", str(tool_site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    script = tool_site / "bin" / "sandboxer"  # pip --target puts scripts here
+    (target / "bin" / "sandboxer").write_text(
+        script.read_text().replace(script.read_text().splitlines()[0], f"#!{target}/bin/python3", 1))
+    (target / "bin" / "sandboxer").chmod(0o755)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run([str(target / "bin" / "sandboxer"), "run", "clean-home", "--", "hostname"],
+                         capture_output=True, text=True, timeout=60, cwd=elsewhere, env=caller_env(home))
+    assert (out.returncode, out.stdout) == (0, "sandbox\n"), out.stderr
+    listing = subprocess.run([str(target / "bin" / "sandboxer"), "profiles", "--names"], capture_output=True,
+                             text=True, timeout=60, cwd=elsewhere, env=caller_env(home)).stdout.split()
+    assert {"build", "clean-home", "offline", "rootfs", "web-dev"} <= set(listing)

@@ -114,3 +114,38 @@ def test_ctrl_z_suspends_the_sandbox_and_fg_resumes_it(outer_shell, home: Path) 
     keys("C-d")
     keys("echo status=$?", "Enter")
     assert wait_for(lambda: "status=0" in screen()), screen()
+
+
+def test_tab_in_bash_with_bash_completion_as_installed(tmp_path: Path, home: Path) -> None:
+    """What a user has: an interactive bash with Debian's bash-completion, which loads
+    sandboxer's completion on first use from ~/.local/share/bash-completion/completions (where
+    ./tasks links puts it), and TAB."""
+    loader = Path("/usr/share/bash-completion/bash_completion")
+    if not loader.exists():
+        if REQUIRE:
+            pytest.fail("bash-completion is required (apt install bash-completion)")
+        pytest.skip("bash-completion is not installed")
+    data = home / ".local" / "share"
+    (data / "bash-completion" / "completions").mkdir(parents=True)
+    (data / "bash-completion" / "completions" / "sandboxer").symlink_to(
+        Path(__file__).resolve().parent.parent / "completions" / "sandboxer.bash")
+    rc = tmp_path / "bashrc"
+    rc.write_text(f"source {loader}\nPS1='host$ '\n")
+    project = home / "proj"
+    (project / "profiles").mkdir(parents=True)
+    (project / "profiles" / "nightly-build.toml").write_text("")
+    command = ["env", "-i", f"PATH={BIN.parent}:/usr/bin:/bin", "TERM=xterm", f"HOME={home}",
+               f"XDG_DATA_HOME={data}", "bash", "--noprofile", "--rcfile", str(rc), "-i"]
+    session = _session(str(tmp_path / "tmux.sock"), command, "host$")
+    keys, screen = next(session)
+    try:
+        keys(f"cd {shlex.quote(str(project))}", "Enter")
+        keys("sandboxer run --net sl", "Tab")
+        assert wait_for(lambda: "sandboxer run --net slirp4netns" in screen()), screen()
+        keys("nightly-b", "Tab")
+        assert wait_for(lambda: "--net slirp4netns nightly-build" in screen()), screen()
+        keys("C-u")
+        keys("sandboxer idmap --sch", "Tab")
+        assert wait_for(lambda: "sandboxer idmap --scheme" in screen()), screen()
+    finally:
+        session.close()

@@ -269,3 +269,15 @@ def test_fifty_at_once(home: Path, started: list[str]) -> None:
         assert proc.returncode == 0 and out.endswith(": killed by signal 15\n"), err
     assert not [n for n in ps(home) if n.startswith(prefix)]
     assert not [e for e in os.listdir(names.root()) if e.startswith(prefix)]
+
+
+def test_completion_offers_running_names(home: Path, tmp_path: Path, started: list[str]) -> None:
+    from .test_docs import _with_sandboxer, bash_complete
+
+    name = detach(home, started, unique("complete"), "--", "sleep", "60")
+    env = _with_sandboxer(home)
+    for line in (f"sandboxer exec {name[:9]}", f"sandboxer stop {name[:9]}", f"sandboxer logs {name[:9]}",
+                 f"sandboxer port ls {name[:9]}"):
+        assert bash_complete(line, tmp_path, env) == [name], line
+    assert "port" not in bash_complete("sandboxer port ", tmp_path, env)
+    assert set(bash_complete("sandboxer port ", tmp_path, env)) == {"add", "ls", "rm"}
