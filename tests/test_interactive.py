@@ -147,5 +147,9 @@ def test_tab_in_bash_with_bash_completion_as_installed(tmp_path: Path, home: Pat
         keys("C-u")
         keys("sandboxer idmap --sch", "Tab")
         assert wait_for(lambda: "sandboxer idmap --scheme" in screen()), screen()
+        keys("C-u")
+        # after --, the payload's own completion (bash-completion's for id)
+        keys("sandboxer run --net none -- id --ze", "Tab")
+        assert wait_for(lambda: "-- id --zero" in screen()), screen()
     finally:
         session.close()
