@@ -7,11 +7,13 @@ network helper the plan would run for its version and options.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 from .compile import compile
 from .errors import ProfileKeyError, SandboxerError
 from .host import HostFacts, probe
+from .idmap import RANGED
 from .load import ProfileError, load_located
 from .options import Opt
 from .plan import Plan
@@ -44,10 +46,8 @@ def build(
     if mode in ("slirp4netns", "pasta"):
         probe(host, (mode,))
     try:
-        if loaded.profile.user.map in ("auto", "keep-id") and host.ranges is None:
+        if loaded.profile.user.map in RANGED and host.ranges is None:
             subordinate_ids(host)
-        import os
-
         plan = compile(loaded.profile, host, tuple(os.path.abspath(path) for path, _data in loaded.sources))
     except ProfileKeyError as e:
         raise ProfileError([f"{loaded.where(e.loc)}: {e.message}" + (f"; {e.hint}" if e.hint else "")]) from None

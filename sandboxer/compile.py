@@ -174,9 +174,8 @@ def _usermap(profile: Profile, host: HostFacts) -> UserMap:
     needs for them (unshare's --map-users/--map-groups: the setuid newuidmap/newgidmap)."""
     mode = profile.user.map
     loc = ("user", "map")
-    first_uids = first_gids = None
     outer_args: tuple[str, ...] = ()
-    if mode in ("auto", "keep-id"):
+    if mode in idmap.RANGED:
         for tool in ("newuidmap", "newgidmap"):
             if not host.tools.get(tool):
                 raise ProfileKeyError(loc, f"user.map = {mode!r} maps your subordinate ids through "
@@ -188,10 +187,9 @@ def _usermap(profile: Profile, host: HostFacts) -> UserMap:
         # util-linux's old syntax (outer,inner,count): 2.38 takes no other, later ones take both
         outer_args = (f"--map-users={first_uids.start},1,{first_uids.size}",
                       f"--map-groups={first_gids.start},1,{first_gids.size}")
-    own = {"self": (host.uid, host.gid), "root": (0, 0), "auto": (0, 0),
-           "keep-id": (host.uid, host.gid)}[mode]
-    uid_map = idmap.inner_map(mode, own[0], first_uids.size if first_uids else 0)
-    gid_map = idmap.inner_map(mode, own[1], first_gids.size if first_gids else 0)
+    ids = idmap.maps(mode, (host.uid, host.gid), host.ranges if mode in idmap.RANGED else None)
+    uid_map, gid_map = ids.uid_map, ids.gid_map
+    own = idmap.inside_ids(mode, (host.uid, host.gid))
     run_as = own
     if profile.user.run_as is not None:
         run_as = parse_ids(profile.user.run_as)
@@ -213,11 +211,11 @@ def _usermap(profile: Profile, host: HostFacts) -> UserMap:
         mode=mode,
         uid_map=uid_map,
         gid_map=gid_map,
-        host_uids=idmap.compose(uid_map, idmap.outer_map(host.uid, first_uids)),
-        host_gids=idmap.compose(gid_map, idmap.outer_map(host.gid, first_gids)),
+        host_uids=ids.host_uids,
+        host_gids=ids.host_gids,
         own=(host.uid, host.gid),
         run_as=run_as,
-        by_stage=mode in ("auto", "keep-id"),
+        by_stage=mode in idmap.RANGED,
         outer_args=outer_args,
         switch_to=(outer_uid, outer_gid) if (outer_uid, outer_gid) != (0, 0) else None,
     )

@@ -44,6 +44,7 @@ class Named:
         self.started_fd = started_fd  # run --detach: "K NAME" once started, or "E CODE MESSAGE"
         self.reg = names.Registration(spec.name or None, names.root(create=True))
         self.name = self.reg.name
+        self.info: dict[str, object] | None = None  # written once the command has started
         self.stoppers: list[socket.socket] = []
         # the profile's forwards: slirp4netns numbers forwards from 1, in the order added
         self.forwards: list[dict[str, object]] = [{"id": n, "shown": shown} for n, shown in
@@ -158,7 +159,7 @@ class Named:
             return {"error": f"unknown request {op!r}"}
         if net is None:
             return {"error": f"the sandbox {self.name!r} has no network helper (its network is "
-                             f"{self.info['network'] if hasattr(self, 'info') else 'none'})",
+                             f"{self.info['network'] if self.info else 'none'})",
                     "hint": "start it with --net slirp4netns to add forwards later"}
         from .slirp import Slirp4netns
 
@@ -195,7 +196,7 @@ class Named:
             return {"error": f"cannot reach slirp4netns's API socket: {e.strerror or e}"}
 
     def _update_forwards(self) -> None:
-        if hasattr(self, "info"):
+        if self.info is not None:
             self.info["forwards"] = [f["shown"] for f in self.forwards]
             try:
                 self.reg.write_info(self.info)

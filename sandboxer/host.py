@@ -286,6 +286,14 @@ def own_paths(uid: int) -> tuple[str, ...]:
     return tuple(sorted(outermost))
 
 
+def subid_files(environ: dict[str, str] | os._Environ[str]) -> tuple[str, str]:
+    """/etc/subuid and /etc/subgid, or the files SANDBOXER_SUBID_FILES names (tests only)."""
+    files = environ.get(SUBID_FILES_ENV, "").split(":")
+    if len(files) == 2 and all(f.startswith("/") for f in files):
+        return files[0], files[1]
+    return SUBUID, SUBGID
+
+
 def state_path(environ: dict[str, str] | os._Environ[str], uid: int,
                dirs: tuple[str, ...] | None = None) -> str:
     """Where named sandboxes are registered: the runtime directory ($XDG_RUNTIME_DIR, else
@@ -337,7 +345,5 @@ def gather(environ: dict[str, str] | os._Environ[str] | None = None) -> HostFact
     state = state_path(env, uid, facts.runtime_dirs)
     if os.path.isdir(state):
         facts.state_dir = state
-    files = env.get(SUBID_FILES_ENV, "").split(":")
-    if len(files) == 2 and all(f.startswith("/") for f in files):
-        facts.subid_files = (files[0], files[1])
+    facts.subid_files = subid_files(env)
     return facts  # pins: find_pins() once the private directories exist

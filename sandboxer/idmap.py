@@ -178,6 +178,34 @@ def inner_map(mode: str, own_inside: int, size: int) -> IdMap:
     return tuple(line for line in lines if line[2] > 0)
 
 
+RANGED = ("auto", "keep-id")  # the modes that map subordinate ranges
+
+
+def inside_ids(mode: str, own: tuple[int, int]) -> tuple[int, int]:
+    """Whom the map makes the caller inside: root for 'root' and 'auto', itself otherwise."""
+    return (0, 0) if mode in ("root", "auto") else own
+
+
+class Maps(NamedTuple):
+    """A mode's maps for one user: the payload namespace's (in the outer namespace's ids) and
+    the same composed to host ids, for uids and gids."""
+
+    uid_map: IdMap
+    gid_map: IdMap
+    host_uids: IdMap
+    host_gids: IdMap
+
+
+def maps(mode: str, own: tuple[int, int], ranges: Ranges | None) -> Maps:
+    """The maps of mode for the user with host ids own (and, for RANGED modes, ranges)."""
+    first_uids, first_gids = (ranges.uids[0], ranges.gids[0]) if ranges is not None else (None, None)
+    inside = inside_ids(mode, own)
+    uid_map = inner_map(mode, inside[0], first_uids.size if first_uids else 0)
+    gid_map = inner_map(mode, inside[1], first_gids.size if first_gids else 0)
+    return Maps(uid_map, gid_map, compose(uid_map, outer_map(own[0], first_uids)),
+                compose(gid_map, outer_map(own[1], first_gids)))
+
+
 def remap_map(first: Range) -> IdMap:
     """Docker's userns-remap: the daemon maps 0 to the remap user's first subordinate id."""
     return ((0, first.start, first.size),)
@@ -239,12 +267,11 @@ def calculate(ids: str, *, user: str | None, mode: str | None, scheme: str, reve
     import os
     import pwd
 
-    from .host import SUBID_FILES_ENV
+    from .host import subid_files
     from .profile import parse_ids
 
     if files is None:
-        given = os.environ.get(SUBID_FILES_ENV, "").split(":")
-        files = (given[0], given[1]) if len(given) == 2 and all(f.startswith("/") for f in given) else (SUBUID, SUBGID)
+        files = subid_files(os.environ)
     try:
         uid, gid = parse_ids(ids)
     except ValueError as e:
@@ -270,15 +297,8 @@ def calculate(ids: str, *, user: str | None, mode: str | None, scheme: str, reve
                 raise SandboxerError(f"idmap: no user {user!r} in the password database",
                                      "name an existing user (see getent passwd)")
             name, own = user, found
-        first_uids = first_gids = None
-        if mode in ("auto", "keep-id"):
-            ranges = read_ranges(name, own[0], files)
-            first_uids, first_gids = ranges.uids[0], ranges.gids[0]
-        own_inside = {"self": own, "root": (0, 0), "auto": (0, 0), "keep-id": own}[mode]
-        uids = compose(inner_map(mode, own_inside[0], first_uids.size if first_uids else 0),
-                       outer_map(own[0], first_uids))
-        gids = compose(inner_map(mode, own_inside[1], first_gids.size if first_gids else 0),
-                       outer_map(own[1], first_gids))
+        both = maps(mode, own, read_ranges(name, own[0], files) if mode in RANGED else None)
+        uids, gids = both.host_uids, both.host_gids
         title = f"# {name}, map {mode} (rootless: sandboxer, Podman, rootless Docker)"
     who = "you" if user is None else name
     lines = [title, f"# {describe(uids, own[0], 'uid', who)}", f"# {describe(gids, own[1], 'gid', who)}"]

@@ -233,30 +233,13 @@ def logs(name: str, *, follow: bool) -> int:
                 out.write(chunk)
                 continue
             out.flush()
-            if not follow or not _alive(path):
+            if not follow or not names.alive(path):
                 # one last read: what was written just before the end
                 while chunk := os.read(fd, 65536):
                     out.write(chunk)
                 out.flush()
                 return 0
             time.sleep(FOLLOW_INTERVAL)
-    finally:
-        os.close(fd)
-
-
-def _alive(path: str) -> bool:
-    """The entry's supervisor still holds its lock."""
-    import fcntl
-
-    try:
-        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
     finally:
         os.close(fd)
 

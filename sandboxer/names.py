@@ -162,13 +162,8 @@ def remove_if_stale(path: str) -> bool:
     except OSError:
         return False
     try:
-        if fd >= 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return False
-                raise
+        if fd >= 0 and _held(fd):
+            return False
         for leaf in os.listdir(path):
             try:
                 os.unlink(os.path.join(path, leaf))
@@ -181,6 +176,31 @@ def remove_if_stale(path: str) -> bool:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _held(fd: int) -> bool:
+    """Another process (a supervisor) holds the lock on fd; else we hold it now."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    return False
+
+
+def alive(path: str) -> bool:
+    """The entry's supervisor still runs (holds its lock)."""
+    try:
+        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return _held(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_info(path: str) -> dict[str, object] | None:

@@ -160,7 +160,10 @@ def ending(code: int, exit_status: int | None, *, timed_out: bool, limits: dict[
         out["cause"] = "timeout"
     if exit_status is not None and os.WIFSIGNALED(exit_status):
         sig = os.WTERMSIG(exit_status)
-        out["signal"] = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        try:
+            out["signal"] = signal.Signals(sig).name
+        except ValueError:
+            out["signal"] = sig
         if not timed_out:
             out["cause"] = "signal"
             limit = _LIMIT_SIGNALS.get(sig)

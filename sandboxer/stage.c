@@ -808,14 +808,22 @@ static void readonly_host(void)
 /* Hide what is at path, where something is: a directory behind an empty read-only tmpfs,
  * anything else (a file, a socket, a device) behind /dev/null. mount(2) follows symlinks: what
  * a symlink names is hidden. */
+/* stat(2) of a path that may be missing: 0 if it is (nothing to do there), 1 if it is there;
+ * any other failure ends the setup (a path we cannot see could not be hidden either). */
+static int present(const char *path, struct stat *st, const char *doing)
+{
+	if (stat(path, st) == 0)
+		return 1;
+	if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
+		return 0;
+	die("cannot tell whether %s exists, so cannot %s it: %s", path, doing, strerror(errno));
+}
+
 static void mask_path(const char *path, const struct mount_op *op)
 {
 	struct stat st;
-	if (stat(path, &st) < 0) {
-		if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
-			return;
-		die("cannot tell whether %s exists, so cannot hide it: %s", path, strerror(errno));
-	}
+	if (!present(path, &st, "hide"))
+		return;
 	if (S_ISDIR(st.st_mode)) {
 		char *data = fmt("size=%ld,mode=%s", op->size, op->mode);
 		CHECK(mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, data),
@@ -832,11 +840,8 @@ static void mask_path(const char *path, const struct mount_op *op)
 static void seal_path(const char *path)
 {
 	struct stat st;
-	if (stat(path, &st) < 0) {
-		if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
-			return;
-		die("cannot tell whether %s exists, so cannot make it read-only: %s", path, strerror(errno));
-	}
+	if (!present(path, &st, "seal"))
+		return;
 	CHECK(mount(path, path, NULL, MS_BIND | MS_REC, NULL), "cannot bind %s onto itself", path);
 	make_readonly(path);
 }
@@ -1787,6 +1792,26 @@ static void orphaned(int sig)
 	_exit(125);
 }
 
+static void forward(int sig);
+
+/* From now on the forwarded signals go to child's job (which leads its own process group on a
+ * terminal: the child does setpgid too, whichever runs first wins); then the mask blocked
+ * around the fork is lifted. */
+static void forward_to(pid_t child, const sigset_t *old)
+{
+	payload_pid = child;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = forward;
+	sa.sa_flags = SA_RESTART;
+	sigfillset(&sa.sa_mask);
+	for (size_t i = 0; i < NFORWARDED; i++)
+		sigaction(FORWARDED[i], &sa, NULL);
+	if (cfg.tty)
+		setpgid(child, child);
+	sigprocmask(SIG_SETMASK, old, NULL);
+}
+
 static void forward(int sig)
 {
 	/* The payload leads its own process group (setsid or setpgid): signal the whole job. */
@@ -1887,17 +1912,7 @@ static int join_main(void)
 				close(fd);
 		exec_payload();
 	}
-	payload_pid = child;
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = forward;
-	sa.sa_flags = SA_RESTART;
-	sigfillset(&sa.sa_mask);
-	for (size_t i = 0; i < NFORWARDED; i++)
-		sigaction(FORWARDED[i], &sa, NULL);
-	if (cfg.tty)
-		setpgid(child, child);
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	forward_to(child, &old);
 	int st;
 	while (waitpid(child, &st, 0) < 0)
 		if (errno != EINTR)
@@ -2000,7 +2015,6 @@ int main(int argc, char **argv)
 		}
 		payload_child(rootfd, asks[1], answers[0]);
 	}
-	payload_pid = payload;
 	if (cfg.maps_by_stage) {
 		close(asks[1]);
 		close(answers[0]);
@@ -2016,16 +2030,7 @@ int main(int argc, char **argv)
 		status("%c%d\n", STATUS_STARTED, (int)payload);
 	}
 	close(CONTROL_FD);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = forward;
-	sa.sa_flags = SA_RESTART;
-	sigfillset(&sa.sa_mask);
-	for (size_t i = 0; i < NFORWARDED; i++)
-		sigaction(FORWARDED[i], &sa, NULL);
-	if (cfg.tty)
-		setpgid(payload, payload); /* the child does it too: whichever runs first wins */
-	sigprocmask(SIG_SETMASK, &old, NULL);
+	forward_to(payload, &old);
 
 	int wstatus = 125 << 8;
 	for (;;) {

@@ -155,7 +155,7 @@ class Supervisor:
         self.deadline = 0.0  # of the run's timeout, then of its grace; 0: none
         self.argv = argv or list(spec.command)
         self.debug = debug
-        self.tty = _interactive() and not (named and named.detached)
+        self.tty = _interactive()  # (a detached sandbox's stdin is /dev/null)
         self.child = 0  # unshare
         self.stage = 0  # the stage, as the host sees it
         self.pending: list[int] = []  # signals caught, not yet handled

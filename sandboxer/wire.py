@@ -140,6 +140,11 @@ def encode(spec: RunSpec, *, tty: bool, env: dict[str, str], argv: list[str], pp
         _record(out, "rootfs", spec.rootfs.path, spec.rootfs.switch, spec.rootfs.writes)
         for op in spec.rootfs.mounts:
             _mount(out, "rootmount", op)
+    return _finish(out, argv, env)
+
+
+def _finish(out: list[bytes], argv: list[str], env: dict[str, str]) -> bytes:
+    """The command, its environment and the end record; the config's bytes."""
     for word in argv:
         _record(out, "arg", word)
     for name, value in env.items():
@@ -159,12 +164,7 @@ def encode_join(*, stage: tuple[int, int], payload: tuple[int, int], chroot: boo
     if run_as[0] >= 0:
         _record(out, "runas", *run_as)
     _record(out, "cwd", cwd)
-    for word in argv:
-        _record(out, "arg", word)
-    for name, value in env.items():
-        _record(out, "env", f"{name}={value}")
-    _record(out, "end")
-    return b"\0".join(out) + b"\0"
+    return _finish(out, argv, env)
 
 
 # ---- the C header ------------------------------------------------------------------------------
