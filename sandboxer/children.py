@@ -38,8 +38,10 @@ def spawn(argv: list[str], fds: dict[int, int]) -> int:
         _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(EXIT_FAILURE)  # the supervisor died before the death signal was armed
-        # via high copies first, so that no target overwrites a source still to be placed
-        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for target, fd in fds.items()}
+        # via copies above every target and source first, so that no target overwrites a source
+        # still to be placed (not at a fixed number: a low RLIMIT_NOFILE would refuse it)
+        above = max(*fds, *fds.values()) + 1
+        high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for target, fd in fds.items()}
         for target, fd in high.items():
             os.dup2(fd, target)
         os.closerange(max(fds) + 1, 65536)

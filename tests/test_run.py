@@ -347,3 +347,16 @@ def test_explain_describe_and_json(home: Path) -> None:
     assert any("mount tmpfs on" in line for line in lines)
     data = json.loads(sbx(["explain", "--json", OFFLINE], home).stdout)
     assert "net" in data["namespaces"]
+
+
+def test_runs_under_a_small_fd_limit(home: Path) -> None:
+    """A caller with few fds (ulimit -n 32) still gets its sandbox: the helpers' fds are placed
+    without asking for fd numbers above the limit."""
+    import resource
+
+    def few_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+
+    out = subprocess.run([str(BIN), "run", "--net", "none", "--", "sh", "-c", "ulimit -n"], capture_output=True,
+                         text=True, timeout=30, cwd=home, env=caller_env(home), preexec_fn=few_fds)
+    assert (out.returncode, out.stdout) == (0, "32\n"), out.stderr
