@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .spec import RunSpec
 
 MAX_LISTED = 100_000  # changes kept for --diff and the report; counts stay exact beyond it
-CODES = {"A": "added", "M": "changed", "D": "deleted"}
+CODES = {"A": "added", "M": "changed", "D": "deleted", "?": "unlisted"}
 
 
 def prepare_keep(path: str, spec: RunSpec) -> str:
@@ -52,7 +52,7 @@ class Changes:
     """The overlay's changes as the stage reports them, counted, and listed up to MAX_LISTED."""
 
     def __init__(self) -> None:
-        self.counts = {"A": 0, "M": 0, "D": 0}
+        self.counts = {"A": 0, "M": 0, "D": 0, "?": 0}
         self.listed: list[tuple[str, str]] = []
 
     def add(self, message: str) -> None:
@@ -65,13 +65,17 @@ class Changes:
 
     def summary(self, keep: str) -> str:
         parts = ", ".join(f"{self.counts[c]} {CODES[c]}" for c in "AMD")
+        if self.counts["?"]:
+            parts += (f", and {self.counts['?']} place(s) too deeply nested to walk (unlisted: "
+                      "they may hold more changes)")
         where = (f"kept in {keep}/upper (deleted files as 0/0 character devices)" if keep else
                  "discarded (--keep DIR keeps them, --diff lists them)")
         return f"sandboxer: work tree overlay: {parts}; {where}"
 
     def as_json(self, keep: str) -> dict[str, object]:
-        out: dict[str, object] = {CODES[c]: [p for code, p in self.listed if code == c] for c in "AMD"}
-        out["counts"] = {CODES[c]: n for c, n in self.counts.items()}
+        codes = "AMD?" if self.counts["?"] else "AMD"
+        out: dict[str, object] = {CODES[c]: [p for code, p in self.listed if code == c] for c in codes}
+        out["counts"] = {CODES[c]: self.counts[c] for c in codes}
         out["truncated"] = sum(self.counts.values()) > len(self.listed)
         out["kept"] = keep or None
         return out

@@ -1555,15 +1555,17 @@ static void send_change(char code, const char *rel)
 /* What the payload did to the work tree, from the overlay's upper layer: a whiteout (a 0/0
  * character device) is a deletion; an entry the lower layer has is a change, one it lacks an
  * addition (a new directory's contents too); an opaque directory (user.overlay.opaque) replaced
- * the lower one, whose entries it does not show are deletions. */
+ * the lower one, whose entries it does not show are deletions. What cannot be walked (a tree
+ * nested deeper than the stage has fds for) is said to be unlisted ('?'), never skipped: the
+ * payload must not be able to hide a change from --diff that way. */
 static void report_changes(int upper, int lower, const char *rel, int added)
 {
 	int dirfd = openat(upper, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dirfd < 0)
-		return;
-	DIR *d = fdopendir(dirfd);
+	DIR *d = dirfd < 0 ? NULL : fdopendir(dirfd);
 	if (!d) {
-		close(dirfd);
+		if (dirfd >= 0)
+			close(dirfd);
+		send_change('?', rel[0] ? rel : ".");
 		return;
 	}
 	struct dirent *e;
@@ -1573,6 +1575,7 @@ static void report_changes(int upper, int lower, const char *rel, int added)
 		char *path = rel[0] ? fmt("%s/%s", rel, e->d_name) : fmt("%s", e->d_name);
 		struct stat st, lst;
 		if (fstatat(upper, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			send_change('?', path);
 			free(path);
 			continue;
 		}
@@ -1589,6 +1592,7 @@ static void report_changes(int upper, int lower, const char *rel, int added)
 		}
 		int sub = openat(upper, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (sub < 0) {
+			send_change('?', path);
 			free(path);
 			continue;
 		}
@@ -2055,8 +2059,15 @@ int main(int argc, char **argv)
 	}
 	if (!cfg.pid)
 		kill_descendants();
-	if (upper_fd >= 0)
+	if (upper_fd >= 0) {
+		/* the walk holds a few fds per level of nesting: as many as we may have */
+		struct rlimit fds;
+		if (getrlimit(RLIMIT_NOFILE, &fds) == 0 && fds.rlim_cur < fds.rlim_max) {
+			fds.rlim_cur = fds.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &fds);
+		}
 		report_changes(upper_fd, lower_fd, "", 0);
+	}
 	status("%c%d\n", STATUS_EXIT, wstatus);
 	if (WIFSIGNALED(wstatus))
 		_exit(128 + WTERMSIG(wstatus));

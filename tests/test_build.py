@@ -170,6 +170,28 @@ def test_overlay_leaves_the_tree_byte_identical_and_keep_holds_the_changes(
     assert out.returncode == 125 and "exists and is not an empty directory" in out.stderr
 
 
+def test_a_change_nested_too_deep_to_walk_is_said_not_hidden(project: Path, home: Path) -> None:
+    """A build buries a file under more directories than the stage has fds to walk (its limit
+    lowered here, as a small hard limit would): --diff says what it could not list, rather than
+    leaving the file out of the review."""
+    import resource
+
+    deep = "/".join(["d"] * 100)
+    before = tree_state(project)
+
+    def few_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    out = subprocess.run([str(BIN), "run", "build", "--worktree", "overlay", "--diff", "--", "sh", "-c",
+                          f"mkdir -p {deep} && echo payload > {deep}/hook"], capture_output=True, text=True,
+                         timeout=60, cwd=project, env=caller_env(home), preexec_fn=few_fds)
+    assert out.returncode == 0, out.stderr
+    summary, *listed = out.stderr.splitlines()
+    assert "too deeply nested to walk (unlisted: they may hold more changes)" in summary
+    assert [line for line in listed if line.startswith("? d/d/")], listed
+    assert tree_state(project) == before
+
+
 def test_keep_needs_an_overlay(project: Path, home: Path, tmp_path: Path) -> None:
     out = build(project, home, "--keep", str(tmp_path / "k"), "--", "true")
     assert out.returncode == 125 and out.stderr == ("sandboxer: error: --keep needs a work tree overlay "
