@@ -18,6 +18,12 @@ RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, s
                  signal.SIGUSR2, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU)
 
 
+def preload() -> None:
+    """Import what spawn's child needs, now (while waiting on something else): a second child
+    then forks with it loaded, and starts ~1.5 ms sooner."""
+    import _prctl  # noqa: F401
+
+
 def spawn(argv: list[str], fds: dict[int, int]) -> int:
     """Fork and exec argv as a helper that dies with us; fds maps its fd numbers to ours.
 

@@ -1,6 +1,7 @@
 """A network helper the supervisor runs against the sandbox: the verbs every backend has.
 
-start (spawn against the stage's pid, wait, bounded, until ready, add the forwards), died (the
+spawn (against the stage's pid, as soon as its tap exists), poll_ready (the supervisor's loop
+watches it, bounded, next to the stage's own setup; ready: the forwards are added), died (the
 error to report when it ended under the payload), stop (always safe; nothing left). A backend
 (slirp.py, pasta.py) says how it reports ready, how it is told to stop and how forwards are
 added. Imported by the supervisor only when the plan has a network.
@@ -22,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .spec import NetSpec
 
-READY_TIMEOUT = 5.0  # slirp4netns is ready ~4 ms after it starts, pasta ~15 ms
+READY_TIMEOUT = 5.0  # slirp4netns is ready ~4 ms after it starts, pasta ~20 ms
 STOP_TIMEOUT = 2.0  # from asking it to stop to its exit
 READY_FD, EXIT_FD = 3, 4
 
@@ -40,6 +41,7 @@ class Helper:
 
     name = "network helper"
     exit_fd = False  # it stops when its EXIT_FD closes (else: SIGTERM)
+    keep_api = False  # a named sandbox keeps the helper's API socket, for sandboxer port
 
     def __init__(self, spec: NetSpec, stage_pid: int, *, debug: bool = False) -> None:
         self.spec = spec
@@ -54,13 +56,19 @@ class Helper:
     def argv(self) -> list[str]:
         return [w.replace("{stage}", str(self.stage_pid)) for w in self.spec.argv]
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the helper; poll_ready() then tells when it is ready (the supervisor watches
+        ready_fd and pidfd in its loop, so that the helper's start overlaps the stage's)."""
+        import time
+
         argv = self.argv()
         if self.debug:
             import shlex
 
             print(f"sandboxer: debug: starting {shlex.join(argv)}", file=sys.stderr)
         ready_r, ready_w = os.pipe()
+        self.ready_fd = ready_r
+        os.set_blocking(ready_r, False)
         fds = {READY_FD: ready_w}
         exit_r = -1
         if self.exit_fd:
@@ -76,12 +84,40 @@ class Helper:
             os.close(ready_w)
             if exit_r >= 0:
                 os.close(exit_r)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.ready_by = time.monotonic() + READY_TIMEOUT
+
+    ready = False
+    ready_fd = -1
+    ready_by = 0.0  # time.monotonic() by which it must be ready
+
+    def poll_ready(self) -> bool:
+        """After ready_fd or pidfd became readable: True once the helper is ready (its forwards
+        then added); raises SandboxerError if it ended, or closed its ready fd, before."""
+        status = None
         try:
-            self.pidfd = os.pidfd_open(self.pid)
-            self._wait_ready(ready_r)
-        finally:
-            os.close(ready_r)
+            data = os.read(self.ready_fd, 64)
+        except BlockingIOError:
+            status = self._collect()
+            if status is None:
+                return False  # neither ready nor ended (yet)
+            data = b""
+        except OSError:
+            data = b""
+        os.close(self.ready_fd)
+        self.ready_fd = -1
+        if not data:
+            # the ready pipe closed without a word, or the helper exited: wait for its status
+            if status is None:
+                status = self._collect_soon(1.0)
+            raise self.not_ready(status_text(status) if status is not None else "closed its ready fd")
+        self.ready = True
         self.forward()
+        return True
+
+    def late(self) -> SandboxerError:
+        """It was not ready by ready_by."""
+        return self.failed(f"{self.spec.backend} was not ready within {READY_TIMEOUT:.0f} s")
 
     def forward(self) -> None:
         """Add the forwards the spec asks for after start (a backend with an API does)."""
@@ -111,32 +147,14 @@ class Helper:
     def hint(self, said: str) -> str:
         return "rerun with --debug"
 
-    def _wait_ready(self, ready_r: int) -> None:
-        import time
-
-        name = self.spec.backend
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self.failed(f"{name} was not ready within {READY_TIMEOUT:.0f} s")
-            readable, _, _ = select.select([ready_r, self.pidfd], [], [], left)
-            if ready_r in readable:
-                try:
-                    data = os.read(ready_r, 64)
-                except OSError:
-                    data = b""
-                if data:
-                    return
-            if readable:
-                # the ready pipe closed without a word, or the helper exited: wait for its status
-                select.select([self.pidfd], [], [], 1.0)
-                status = self._collect()
-                text = status_text(status) if status is not None else "closed its ready fd"
-                raise self.not_ready(text)
-
     def not_ready(self, text: str) -> SandboxerError:
         return self.failed(f"{self.spec.backend} exited before it was ready ({text})")
+
+    def _collect_soon(self, wait: float) -> int | None:
+        """Reap the helper if it ends within wait seconds; its wait status, or None."""
+        if wait and self.pidfd >= 0:
+            select.select([self.pidfd], [], [], wait)
+        return self._collect()
 
     def _collect(self) -> int | None:
         """Reap the helper if it has ended; its wait status, or None."""
@@ -154,8 +172,7 @@ class Helper:
 
     # ---- end -------------------------------------------------------------------------------
     def died(self) -> SandboxerError:
-        select.select([self.pidfd], [], [], 1.0)
-        status = self._collect()
+        status = self._collect_soon(1.0)
         name = self.spec.backend
         text = f"{name} {status_text(status)}" if status is not None else f"{name} ended"
         return SandboxerError("network helper died", f"{text}; the sandbox was stopped")
@@ -181,31 +198,36 @@ class Helper:
         if self.pid:
             children.reap(self.pid, STOP_TIMEOUT, self.pidfd)
             self.pid = 0
-        for fd in (self.pidfd, self.log):
+        for fd in (self.pidfd, self.log, self.ready_fd):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self.pidfd = self.log = -1
+        self.pidfd = self.log = self.ready_fd = -1
 
 
-def start(spec: NetSpec, stage_pid: int, *, debug: bool = False, keep_api: bool = False) -> Helper:
-    """Start spec's backend against the stage; raises SandboxerError (and leaves nothing) if it
-    cannot be made ready. keep_api: a named sandbox keeps slirp4netns's API socket."""
-    if spec.backend == "pasta":
-        from .pasta import Pasta
-
-        helper: Helper = Pasta(spec, stage_pid, debug=debug)
-    else:
-        from .slirp import Slirp4netns
-
-        slirp = Slirp4netns(spec, stage_pid, debug=debug)
-        slirp.keep_api = keep_api
-        helper = slirp
+def spawn(spec: NetSpec, stage_pid: int, *, debug: bool = False, keep_api: bool = False) -> Helper:
+    """Start spec's backend against the stage (Helper.poll_ready: when it is ready); raises
+    SandboxerError, leaving nothing, if it cannot be started. keep_api: a named sandbox keeps
+    slirp4netns's API socket."""
+    helper = backend(spec.backend)(spec, stage_pid, debug=debug)
+    helper.keep_api = keep_api
     try:
-        helper.start()
+        helper.spawn()
     except BaseException:
         helper.stop()
         raise
     return helper
+
+
+def backend(name: str) -> type[Helper]:
+    """The backend's class (importing its module: the supervisor does that early, while the
+    stage sets up, so that none of it is on the way to the helper's start)."""
+    if name == "pasta":
+        from .pasta import Pasta
+
+        return Pasta
+    from .slirp import Slirp4netns
+
+    return Slirp4netns

@@ -262,6 +262,8 @@ class Plan:
         lines.append(f"  namespaces: {', '.join(self.namespaces)}")
         if self.pid:
             lines.append("stage: runs as PID 1: forwards signals to the payload, reaps orphans")
+        if self.network:
+            lines += self.network.tap_describe()
         for op in (*self.guards, *self.mounts):
             lines.append(f"stage: {op.describe()}")
         if self.rootfs:
@@ -276,8 +278,12 @@ class Plan:
             lines.append("stage: make a private directory for slirp4netns's API socket: a tmpfs, "
                          "detached and kept as the stage's working directory, so that only the "
                          f"supervisor reaches it (as {API_SOCKET})")
-        lines.append("stage: report ready; supervisor: parent-side work, then go")
-        if self.network:
+        if self.network and not self.network.api:
+            lines.append(f"stage: report ready; supervisor: parent-side work, then go once {self.network.backend} "
+                         "is ready too")
+        else:
+            lines.append("stage: report ready; supervisor: parent-side work, then go")
+        if self.network and self.network.api:
             lines += self.network.describe()
         lines.append(
             "stage: fork the payload: own session (or own foreground job on a terminal), "

@@ -24,8 +24,6 @@ class Slirp4netns(Helper):
             return "slirp4netns needs /dev/net/tun readable and writable by you (mode 0666)"
         return "check 'slirp4netns --version' (1.x needed); rerun with --debug"
 
-    keep_api = False  # a named sandbox keeps the API socket, for sandboxer port
-
     def forward(self) -> None:
         try:
             for request, shown in zip(self.spec.requests, self.spec.shown, strict=True):

@@ -14,7 +14,8 @@
  * File descriptors from the supervisor (their numbers, the config's records and the messages
  * are defined once, in sandboxer/wire.py, which generates wire.h):
  *   3  the config, read to EOF: tagged records, see wire.py and read_config()
- *   4  status pipe to the supervisor: "R" ready, "E<msg>\n" setup failed, "N<code> <msg>\n"
+ *   4  status pipe to the supervisor: "T" the tap exists (the network helper may start),
+ *      "R" ready, "E<msg>\n" setup failed, "N<code> <msg>\n"
  *      the payload could not be executed, "S<signal> <pid>\n" the payload (pid as seen here)
  *      was stopped on the terminal, "X<wait status>\n" the payload finished
  *   5  control pipe from the supervisor: "G" go; EOF means the supervisor is gone
@@ -1965,13 +1966,19 @@ int main(int argc, char **argv)
 	}
 	if (!ABIS[0].arch)
 		die("no TIOCSTI filter for this architecture; refusing to run");
+	if (cfg.tap) {
+		persistent_tap(cfg.tap); /* first: the host's /dev, before any mount or a rootfs switch */
+		/* The network helper may start now: it joins only the user and network namespaces,
+		 * which exist, and pasta's ~20 ms start then overlaps the mounts below. A helper with
+		 * an API socket (slirp4netns) waits for its private directory, made last. */
+		if (!cfg.apidir)
+			status("%c", STATUS_TAP);
+	}
 	for (size_t i = 0; i < cfg.nmounts; i++)
 		if (cfg.mounts[i].kind == MK_MASK) /* a symlink's target as the host has it, before mounts */
 			cfg.mounts[i].resolved = resolve(cfg.mounts[i].target);
 	for (size_t i = 0; i < cfg.nmounts; i++)
 		apply_mount(cfg.mounts, cfg.nmounts, i);
-	if (cfg.tap)
-		persistent_tap(cfg.tap); /* before a rootfs switch: the tree's /dev has no net/tun */
 	int rootfd = cfg.rootfs_dir ? setup_rootfs() : -1;
 	if (cfg.resolv && rootfd >= 0)
 		chrooted_network_files(rootfd);

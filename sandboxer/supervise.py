@@ -2,12 +2,13 @@
 side effects on the host.
 
 It spawns the plan's outer hop (unshare ... -- sandboxer-stage) as a child that dies with it,
-hands the stage its config (wire.encode), waits (bounded) for "ready", starts the network helper,
-says "go", forwards signals, and turns the outcome into sandboxer's exit status.
+hands the stage its config (wire.encode), starts the network helper as soon as the stage's tap
+exists, waits (bounded) for both to be ready, says "go", forwards signals, and turns the outcome
+into sandboxer's exit status.
 
 The run is an event loop over a few fds; each kind of event has its handler (a signal, a
-message from the stage, the stage's end, the network helper's death, the setup deadline), so
-that another source (a control channel) is one more fd and one more handler.
+message from the stage, the stage's end, the network helper's readiness or death, the setup
+deadline), so that another source (a control channel) is one more fd and one more handler.
 
 On the hot path: imports only os, signal, select, children, wire and spec.
 """
@@ -162,7 +163,8 @@ class Supervisor:
         self.buffer = b""
         self.net: Helper | None = None
         # the run's state, changed by the handlers
-        self.ready = False
+        self.stage_ready = False  # the stage said "ready"
+        self.ready = False  # ... and the network helper is: "go" was said
         self.exit_status: int | None = None
         self.failure: SandboxerError | None = None
         self.status_open = True
@@ -214,6 +216,11 @@ class Supervisor:
         try:
             st_r, err_r, pidfd = self._spawn()
             fds += [st_r, err_r, pidfd, self.ctl_w]
+            if self.spec.network is not None:
+                from . import helper
+
+                helper.backend(self.spec.network.backend)  # its imports, while the stage sets up
+                children.preload()
             code = self._loop(st_r, err_r, pidfd, wake_r)
             if self.named is not None:
                 self.named.ended(code, self.exit_status)
@@ -251,15 +258,18 @@ class Supervisor:
 
         deadline = time.monotonic() + SETUP_TIMEOUT
         while True:
+            net = self.net
+            starting = net is not None and not net.ready
             if not self.ready:
-                timeout: float | None = max(0.0, deadline - time.monotonic())
+                until = min(deadline, net.ready_by) if net is not None and starting else deadline
+                timeout: float | None = max(0.0, until - time.monotonic())
             elif self.deadline:
                 timeout = max(0.0, self.deadline - time.monotonic())
             else:
                 timeout = None
             watch = [pidfd, wake_r] + ([st_r] if self.status_open else [])
-            if self.net is not None:
-                watch.append(self.net.pidfd)
+            if net is not None:
+                watch += [net.pidfd, net.ready_fd] if starting else [net.pidfd]
             if self.named is not None and self.ready:
                 watch.append(self.named.listener)
             readable, _, _ = select.select(watch, [], [], timeout)
@@ -267,8 +277,10 @@ class Supervisor:
                 if self.ready:
                     self.on_timeout(time.monotonic())
                     continue
-                self.on_setup_timeout()
-            if self.net is not None and self.net.pidfd in readable:
+                self.on_setup_timeout(time.monotonic())
+            if net is not None and starting and (net.ready_fd in readable or net.pidfd in readable):
+                self.on_helper_ready()
+            elif net is not None and net.pidfd in readable:
                 self.on_helper_died()
             if wake_r in readable and self.on_signals(wake_r):
                 return self.interrupted
@@ -284,7 +296,10 @@ class Supervisor:
     def _on_signal(self, sig: int, _frame: object) -> None:
         self.pending.append(sig)
 
-    def on_setup_timeout(self) -> None:
+    def on_setup_timeout(self, now: float) -> None:
+        if self.net is not None and not self.net.ready and now >= self.net.ready_by:
+            self._kill_sandbox()  # the payload never runs
+            raise self.net.late()
         raise SandboxerError(f"the sandbox was not ready within {SETUP_TIMEOUT:.0f} s", "try again with --debug")
 
     def on_timeout(self, now: float) -> None:
@@ -368,6 +383,10 @@ class Supervisor:
             return
         self.buffer += data
         while self.buffer:
+            if self.buffer[:1] == STATUS["tap"].encode():
+                self.buffer = self.buffer[1:]
+                self.on_tap()
+                continue
             if self.buffer[:1] == STATUS["ready"].encode():
                 self.buffer = self.buffer[1:]
                 self.on_ready()
@@ -398,21 +417,52 @@ class Supervisor:
                 if self.net is not None:
                     self.net.ask_stop()  # the payload is done with the network
 
+    def on_tap(self) -> None:
+        """The stage's network namespace and tap exist: start the network helper now, so that
+        its start overlaps the stage's mounts (pasta takes ~20 ms to be ready)."""
+        if self.net is not None or self.spec.network is None:
+            return
+        self.find_stage()
+        from . import helper
+
+        try:
+            self.net = helper.spawn(self.spec.network, self.stage, debug=self.debug,
+                                    keep_api=self.named is not None)
+        except BaseException:
+            self._kill_sandbox()  # the payload never runs
+            raise
+
     def on_ready(self) -> None:
-        """The namespaces and mounts are made: start the network helper, then say go."""
-        if self.ready:
+        """The namespaces and mounts are made: start the network helper if the stage did not
+        say "tap" earlier (a helper with an API socket waits for its directory), then go once
+        the helper is ready too."""
+        if self.stage_ready:
+            return
+        self.stage_ready = True
+        self.find_stage()
+        self.on_tap()
+        self.go()
+
+    def find_stage(self) -> None:
+        if not self.stage:
+            self.stage = _find_child(self.child) if self.spec.pid else self.child
+
+    def on_helper_ready(self) -> None:
+        """The network helper's ready fd or pidfd: ready (its forwards added), or it failed."""
+        assert self.net is not None
+        try:
+            if not self.net.poll_ready():
+                return
+        except BaseException:
+            self._kill_sandbox()  # the payload never runs
+            raise
+        self.go()
+
+    def go(self) -> None:
+        """Once the stage and the network helper are both ready: the payload may start."""
+        if self.ready or not self.stage_ready or (self.net is not None and not self.net.ready):
             return
         self.ready = True
-        self.stage = _find_child(self.child) if self.spec.pid else self.child
-        if self.spec.network is not None:
-            from . import helper
-
-            try:
-                self.net = helper.start(self.spec.network, self.stage, debug=self.debug,
-                                        keep_api=self.named is not None)
-            except BaseException:
-                self._kill_sandbox()  # the payload never runs
-                raise
         if self.spec.timeout:
             import time
 

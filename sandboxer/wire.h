@@ -126,6 +126,7 @@ static const char *const DEV_LINKS[][2] = {
 };
 
 /* status messages (first byte), and the supervisor's go */
+#define STATUS_TAP 'T'
 #define STATUS_READY 'R'
 #define STATUS_ERROR 'E'
 #define STATUS_EXEC 'N'

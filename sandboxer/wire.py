@@ -73,12 +73,12 @@ FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUS
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
-# the stage's status messages, first byte: R ready; E<msg>\n setup failed; N<code> <msg>\n the
-# payload could not be executed; S<signal> <pid>\n stopped on the terminal; C<A|M|D|?><path>\n
-# a change of the overlay work tree (after the payload; ? what could not be walked; \ and
-# newline escaped as \\ and \n);
+# the stage's status messages, first byte: T the tap exists (the network helper may start);
+# R ready; E<msg>\n setup failed; N<code> <msg>\n the payload could not be executed;
+# S<signal> <pid>\n stopped on the terminal; C<A|M|D|?><path>\n a change of the overlay work
+# tree (after the payload; ? what could not be walked; \ and newline escaped as \\ and \n);
 # P<pid>\n the payload (that pid in the sandbox) has exec'd (when announce); X<status>\n exited
-STATUS = {"ready": "R", "error": "E", "exec": "N", "stopped": "S", "change": "C", "started": "P",
+STATUS = {"tap": "T", "ready": "R", "error": "E", "exec": "N", "stopped": "S", "change": "C", "started": "P",
           "exit": "X"}
 GO = "G"  # the supervisor's go, on the control fd
 

@@ -244,6 +244,27 @@ out["left"] = gone("61.25", "sandboxer-stage")
     assert float(str(out["seconds"])) < 15
 
 
+def test_a_stage_failing_after_pasta_started_leaves_nothing(home: Path, tmp_path: Path) -> None:
+    # pasta starts as soon as the stage has made tap0, before the stage's mounts: a mount that
+    # then fails must still end the run cleanly, pasta included. The plan is cached by a first
+    # run; its bind source is gone for the second, so only the stage can notice.
+    source = tmp_path / "src"
+    source.mkdir()
+    out = scenario(home, """
+first = run("--net", "pasta", "--bind", ARGS["source"], "--", "true")
+os.rmdir(ARGS["source"])
+r = run("--debug", "--net", "pasta", "--bind", ARGS["source"], "--", "touch", ARGS["marker"])
+out["first"], out["rc"], out["stderr"] = first.returncode, r.returncode, r.stderr
+out["left"] = gone("61.75", "sandboxer-stage")
+""", path=_fake_pasta(tmp_path, 'echo $$ >&3; exec sleep 61.75'), source=str(source),
+        marker=str(tmp_path / "ran"))
+    assert out["first"] == 0, out
+    lines = str(out["stderr"]).splitlines()
+    assert out["rc"] == 125 and any("debug: starting " in line and "/pasta " in line for line in lines), out
+    assert lines[-1] == f"sandboxer: error: sandbox setup failed: bind source {source} does not exist"
+    assert out["left"] is True and not (tmp_path / "ran").exists()
+
+
 def test_a_pasta_too_old_is_refused(home: Path, tmp_path: Path) -> None:
     bindir = tmp_path / "old"
     bindir.mkdir()
@@ -295,9 +316,12 @@ def test_explain_shows_the_pasta_command(home: Path) -> None:
                           "--forward", "[::1]:9000:9000/udp"], capture_output=True, text=True, timeout=30,
                          cwd=home, env=caller_env(home))
     assert out.returncode == 0, out.stderr
-    start = next(line for line in out.stdout.splitlines() if "supervisor: start " in line)
+    lines = out.stdout.splitlines()
+    start = next(line for line in lines if "supervisor: start /" in line)
     assert "/pasta --foreground --quiet" in start and "--tcp-ports 127.0.0.1/8080:80" in start
-    assert "--udp-ports ::1/9000:9000" in start and "--no-map-gw" in start
+    assert "--udp-ports ::1/9000:9000" in start and "--no-map-gw" in start and "--no-netns-quit" in start
+    # started as soon as the stage has made tap0, before its mounts
+    assert lines.index(start) < next(i for i, line in enumerate(lines) if "stage: mount tmpfs" in line)
     assert "--tcp-ns none --udp-ns none" in start and "--dns-forward 169.254.1.1" in start
     assert "fixed at start" in out.stdout
     script = subprocess.run([str(BIN), "explain", "--shell", "--net", "pasta"], capture_output=True,
