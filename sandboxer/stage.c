@@ -1859,12 +1859,32 @@ static int same_ns(long pid, const char *ns)
 	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev;
 }
 
+/* Wait until the command ends (1) or the sandbox's stage does (0), whichever is first. */
+static int sandbox_outlived(int stagefd, pid_t child)
+{
+	int childfd = (int)syscall(SYS_pidfd_open, child, 0);
+	if (childfd < 0) {
+		int err = errno;
+		kill(child, SIGKILL);
+		die("cannot watch the command: %s", strerror(err));
+	}
+	struct pollfd p[2] = {{stagefd, POLLIN, 0}, {childfd, POLLIN, 0}};
+	while (poll(p, 2, -1) < 0)
+		if (errno != EINTR)
+			return 0; /* cannot tell: end it, never leave it behind */
+	close(childfd);
+	return !p[0].revents || p[1].revents;
+}
+
 /* Into a running sandbox with exactly what its payload has: the stage's namespaces, then the
  * payload's own user namespace (so the mounts stay locked), the payload's root, its ids, cwd,
  * environment policy and hardening. This process stays outside the PID namespace (setns(2) of
  * one moves only children) and waits for the command, forwarding signals; the command is in
- * the sandbox's PID namespace and dies with it. Any step that fails ends it before the command
- * runs (exit 125). */
+ * the sandbox's PID namespace and dies with it. A sandbox without a PID namespace has no init
+ * to take its processes down with it: then this process does what the stage does there, as a
+ * subreaper of the command's descendants: it kills them all when the command exits, and the
+ * command with them when the sandbox ends first (exit 137, as in a PID namespace). Any step that
+ * fails ends it before the command runs (exit 125). */
 static int join_main(void)
 {
 	joining = 1;
@@ -1890,7 +1910,11 @@ static int join_main(void)
 	if (flags)
 		CHECK(setns(stagefd, flags), "cannot join the sandbox's namespaces");
 	CHECK(setns(payloadfd, CLONE_NEWUSER), "cannot join the payload's user namespace");
-	close(stagefd);
+	int own_init = !!(flags & CLONE_NEWPID);
+	if (own_init)
+		close(stagefd); /* else: watched, the sandbox's end is the command's */
+	else
+		CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "cannot become a subreaper");
 	close(payloadfd);
 	CHECK(fchdir(rootfd), "cannot enter the payload's root");
 	CHECK(chroot("."), "cannot enter the payload's root");
@@ -1918,10 +1942,17 @@ static int join_main(void)
 		exec_payload();
 	}
 	forward_to(child, &old);
-	int st;
-	while (waitpid(child, &st, 0) < 0)
-		if (errno != EINTR)
-			return 125;
+	int st = 0;
+	if (!own_init && !sandbox_outlived(stagefd, child)) {
+		kill_descendants(); /* the command first among them */
+		st = SIGKILL;
+	} else {
+		while (waitpid(child, &st, 0) < 0)
+			if (errno != EINTR)
+				return 125;
+		if (!own_init)
+			kill_descendants(); /* what the command left running */
+	}
 	if (cfg.tty) {
 		signal(SIGTTOU, SIG_IGN);
 		tcsetpgrp(0, getpgrp());

@@ -76,6 +76,19 @@ def caller_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def alive_with(marker: str) -> list[int]:
+    """The pids of the processes whose command line holds marker."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
 def sbx(args: Sequence[str], home: Path, *, cwd: Path | None = None, timeout: float = 30,
         env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     if not args or args[0] not in ("run", "check", "explain", "profiles", "rootfs", "completion", "schema",

@@ -20,7 +20,7 @@ import pytest
 
 from sandboxer import names
 
-from .conftest import BIN, caller_env, sbx
+from .conftest import BIN, alive_with, caller_env, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 
@@ -109,6 +109,26 @@ def test_exec_gets_a_terminal_and_no_host_fd_or_cwd(home: Path, tmp_path: Path, 
                             text=True, timeout=30, env=caller_env(home), cwd=home)
     assert script.returncode == 0, script.stdout
     assert script.stdout.strip().startswith("/dev/pts/")
+
+
+def test_exec_leaves_nothing_in_a_sandbox_without_a_pid_namespace(home: Path, started: list[str]) -> None:
+    # No init inside to take the exec'd command down with the sandbox: the attack is a daemon
+    # (double fork, own session) started by exec, and an exec'd command still running when the
+    # sandbox ends; neither may outlive it.
+    marker = f"{time.time_ns() % 1000}.{os.getpid()}"
+    name = detach(home, started, unique("nopid"), "--no-pid", "--", "sleep", "60")
+    out = sbx(["exec", name, "--", "sh", "-c", f"(setsid sleep 5{marker} &); echo bg"], home)
+    assert (out.returncode, out.stdout) == (0, "bg\n"), out.stderr
+    assert alive_with(f"5{marker}") == []  # killed when the exec'd command exited
+    proc = subprocess.Popen([str(BIN), "exec", name, "--", "sh", "-c", f"sleep 6{marker} & exec sleep 7{marker}"],
+                            env=caller_env(home), cwd=home, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while len(alive_with(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sbx(["stop", name], home).returncode == 0
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert alive_with(marker) == []
 
 
 def test_exec_never_joins_a_recycled_pid(home: Path, started: list[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, PROFILES, caller_env, sbx
+from .conftest import BIN, PROFILES, alive_with, caller_env, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 CLEAN = str(PROFILES / "clean-home.toml")
@@ -279,30 +279,18 @@ def test_sigint_is_forwarded_to_a_trap(home: Path) -> None:
     assert proc.stdout is not None and "got-int" in proc.stdout.read()
 
 
-def _alive_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.parametrize("pidns", ["--pid", "--no-pid"])
 def test_nothing_left_after_supervisor_sigkill(home: Path, pidns: str) -> None:
     marker = f"{time.time_ns() % 1000}.{os.getpid()}"
     proc = _start(home, [CLEAN, pidns, *sh(f"sleep 1{marker} & setsid sleep 2{marker} & echo ready; exec sleep 3{marker}")])
-    assert len(_alive_with(marker)) >= 3  # the sleeps (and the supervisor's own argv)
+    assert len(alive_with(marker)) >= 3  # the sleeps (and the supervisor's own argv)
     proc.kill()
     proc.wait(timeout=5)
     deadline = time.monotonic() + 5
-    while (_alive_with(marker) or _alive_with("sandboxer-stage")) and time.monotonic() < deadline:
+    while (alive_with(marker) or alive_with("sandboxer-stage")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _alive_with(marker) == []
-    assert _alive_with("sandboxer-stage") == []
+    assert alive_with(marker) == []
+    assert alive_with("sandboxer-stage") == []
 
 
 def test_no_pid_namespace_still_cleans_up_on_exit(home: Path) -> None:
@@ -310,7 +298,7 @@ def test_no_pid_namespace_still_cleans_up_on_exit(home: Path) -> None:
     out = sbx([CLEAN, "--no-pid", *sh(f"setsid sleep {marker} & echo bye")], home)
     assert out.returncode == 0 and out.stdout.strip() == "bye"
     time.sleep(0.2)
-    assert _alive_with(marker) == []
+    assert alive_with(marker) == []
 
 
 def test_fails_closed_without_user_namespaces(home: Path) -> None:
