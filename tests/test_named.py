@@ -131,6 +131,39 @@ def test_exec_leaves_nothing_in_a_sandbox_without_a_pid_namespace(home: Path, st
     assert alive_with(marker) == []
 
 
+@pytest.mark.parametrize("pidns", ["--pid", "--no-pid"])
+def test_the_payload_cannot_touch_what_exec_runs_beside_it(home: Path, started: list[str], pidns: str) -> None:
+    # The attack: once something is exec'd into its sandbox, the payload signals and reads
+    # (/proc/PID/environ: a ptrace check) every process it can see that is not its own: the
+    # exec'd command, the joiner and the stage (sandboxer-stage), and without a PID namespace,
+    # where it sees the host's processes too, the supervisor and this test.
+    payload = (f"targets={os.getpid() if pidns == '--no-pid' else ''}; "
+               "while [ ! -e /tmp/go ]; do sleep 0.05; done; "
+               "for p in /proc/[0-9]*; do n=${p#/proc/}; [ $n = $$ ] && continue; "
+               'case "$(cat $p/comm 2>/dev/null)" in sleep|sandboxer-stage|sandboxer) targets="$targets $n";; esac; '
+               "done; "
+               "for n in $targets; do "
+               'if kill -TERM $n 2>/dev/null; then echo "killed $n"; else echo "refused $n"; fi; '
+               'if cat /proc/$n/environ >/dev/null 2>&1; then echo "read $n"; fi; '
+               "done; echo done; exec sleep 60")
+    name = detach(home, started, unique("beside"), pidns, "--", "sh", "-c", payload)
+    joined = subprocess.Popen([str(BIN), "exec", name, "--", "sh", "-c", "touch /tmp/go; exec sleep 48.5"],
+                              env=caller_env(home), cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, said = time.monotonic() + 15, ""
+        while "done" not in said.split() and time.monotonic() < deadline:
+            time.sleep(0.1)
+            said = sbx(["logs", name], home).stdout
+        lines = said.splitlines()
+        assert lines and lines[-1] == "done", said
+        assert all(line.startswith("refused ") for line in lines[:-1]), said
+        assert len(lines) - 1 >= (2 if pidns == "--pid" else 5), said  # the stage, exec's sleep (+ joiner, supervisor, us)
+        assert joined.poll() is None  # the exec'd command still runs
+    finally:
+        joined.kill()
+        joined.wait(timeout=10)
+
+
 def test_exec_never_joins_a_recycled_pid(home: Path, started: list[str]) -> None:
     """A pid in the registry that names another process now (simulated: the recorded start time
     no longer matches) is refused before anything is joined."""
