@@ -297,7 +297,7 @@ def _pasta(profile: Profile, host: HostFacts) -> NetworkPlan:
     argv += ["--tcp-ns", "none", "--udp-ns", "none"]
     # pasta watches the namespace's directory with inotify, to quit when it is deleted: useless
     # here (we stop it, and it dies with us), and closing an inotify instance waits for an SRCU
-    # grace period (fsnotify's mark reaper): ~13 ms of every run's exit
+    # grace period (fsnotify's mark reaper): ~11 ms of every run's exit
     argv.append("--no-netns-quit")
     if net.allow_host_loopback:
         warnings.insert(0, "the sandbox can reach services on the host's 127.0.0.1 through the "
