@@ -1012,18 +1012,19 @@ static void network_files(int in_rootfs)
 	close(fd);
 }
 
-/* Create slirp4netns's tap device ahead of it, persistent.
+/* Create the network helper's tap device ahead of it, persistent.
  *
- * slirp4netns would create a non-persistent tap; closing the last fd of one unregisters the
- * device synchronously, waiting for RCU grace periods (15-25 ms here), and every run would wait
- * for that while slirp4netns exits. A persistent tap0 that slirp4netns merely attaches to goes
- * away with the network namespace instead, torn down by the kernel in the background. */
+ * slirp4netns (or pasta) would create a non-persistent tap; closing the last fd of one
+ * unregisters the device synchronously, waiting for RCU grace periods (15-25 ms here), and every
+ * run would wait for that while the helper exits. A persistent tap0 that the helper merely
+ * attaches to goes away with the network namespace instead, torn down by the kernel in the
+ * background. */
 static void persistent_tap(const char *name)
 {
 	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
 	if (fd < 0)
-		die("cannot open /dev/net/tun: %s (slirp4netns needs it readable and writable by you: mode "
-		    "0666)", strerror(errno));
+		die("cannot open /dev/net/tun: %s (user-mode networking needs it readable and writable by "
+		    "you: mode 0666)", strerror(errno));
 	struct ifreq ifr;
 	memset(&ifr, 0, sizeof ifr);
 	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
