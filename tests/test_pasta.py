@@ -142,25 +142,30 @@ out["rc"], out["stdout"], out["stderr"] = r.returncode, r.stdout, r.stderr
 
 
 PROBE_GATEWAY = """
-listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(8)
+family = socket.AF_INET6 if ":" in ARGS["loopback"] else socket.AF_INET
+listener = socket.socket(family); listener.bind((ARGS["loopback"], 0)); listener.listen(8)
 port = listener.getsockname()[1]
-probe = ("import socket, sys\\ns = socket.socket(); s.settimeout(3)\\n"
-         "try:\\n    s.connect((sys.argv[1], int(sys.argv[2]))); print('CONNECTED')\\n"
+probe = ("import socket, sys\\n"
+         "try:\\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print('CONNECTED')\\n"
          "except OSError as e:\\n    print('REFUSED', e.errno)\\n")
 r = run("--net", "pasta", *ARGS["extra"], "--", "python3", "-c", probe, ARGS["gateway"], str(port))
 out["rc"], out["stdout"], out["stderr"] = r.returncode, r.stdout, r.stderr
 """
+# the host's loopback, and the gateway the sandbox would reach it through: IPv4 and IPv6
+LOOPBACKS = [("127.0.0.1", GATEWAY), ("::1", "2001:db8::1")]
 
 
-def test_host_loopback_unreachable_by_default(home: Path) -> None:
-    out = scenario(home, PROBE_GATEWAY, extra=[], gateway=GATEWAY)
+@pytest.mark.parametrize("loopback,gateway", LOOPBACKS)
+def test_host_loopback_unreachable_by_default(home: Path, loopback: str, gateway: str) -> None:
+    out = scenario(home, PROBE_GATEWAY, extra=[], gateway=gateway, loopback=loopback)
     assert out["rc"] == 0, out["stderr"]
     assert str(out["stdout"]).startswith("REFUSED"), out
     assert out["stderr"] == ""
 
 
-def test_host_loopback_reachable_when_allowed(home: Path) -> None:
-    out = scenario(home, PROBE_GATEWAY, extra=["--allow-host-loopback"], gateway=GATEWAY)
+@pytest.mark.parametrize("loopback,gateway", LOOPBACKS)
+def test_host_loopback_reachable_when_allowed(home: Path, loopback: str, gateway: str) -> None:
+    out = scenario(home, PROBE_GATEWAY, extra=["--allow-host-loopback"], gateway=gateway, loopback=loopback)
     assert out["rc"] == 0, out["stderr"]
     assert str(out["stdout"]).strip() == "CONNECTED"
     assert "sandboxer: warning: the sandbox can reach services on the host's 127.0.0.1" in str(out["stderr"])
