@@ -214,18 +214,24 @@ out["left"] = gone(*HELPERS)
     assert "warning" not in str(out["stderr"])
 
 
-def test_a_host_port_in_use_is_an_error_before_the_command_runs(home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_a_host_port_in_use_is_an_error_before_the_command_runs(home: Path, tmp_path: Path, proto: str) -> None:
     marker = tmp_path / "ran"
     out = scenario(home, """
-listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(8)
+udp = ARGS["proto"] == "udp"
+listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+listener.bind(("127.0.0.1", 0))
+if not udp:
+    listener.listen(8)
 port = listener.getsockname()[1]
-r = run("--net", "pasta", "--forward", f"{port}:80", "--bind", ARGS["dir"], "--", "touch", ARGS["marker"])
+r = run("--net", "pasta", "--forward", f"{port}:80/{ARGS['proto']}", "--bind", ARGS["dir"], "--", "touch",
+        ARGS["marker"])
 out["rc"], out["stderr"], out["port"] = r.returncode, r.stderr, port
 out["left"] = gone(*HELPERS)
-""", dir=str(tmp_path), marker=str(marker))
+""", dir=str(tmp_path), marker=str(marker), proto=proto)
     assert out["rc"] == 125, out
     assert out["stderr"] == (f"sandboxer: error: network helper cannot forward 127.0.0.1:{out['port']} -> "
-                             "80/tcp: pasta cannot bind the host port (is the host port already in use? "
+                             f"80/{proto}: pasta cannot bind the host port (is the host port already in use? "
                              "pick another one)\n")
     assert not marker.exists() and out["left"] is True
 
