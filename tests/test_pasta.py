@@ -141,6 +141,26 @@ out["rc"], out["stdout"], out["stderr"] = r.returncode, r.stdout, r.stderr
     assert out["stderr"] == ""
 
 
+@pytest.mark.parametrize("switch", ["pivot_root", "chroot"])
+def test_pasta_in_a_rootfs(home: Path, tmp_path: Path, switch: str) -> None:
+    # tap0 is made before the tree is entered (its /dev has no net/tun), pasta starts meanwhile,
+    # and the network files land in the tree's /etc
+    from .test_rootfs import busybox_tree
+
+    tree = busybox_tree(tmp_path)
+    out = scenario(home, """
+r = run("--rootfs", ARGS["tree"], "--root-switch", ARGS["switch"], "--net", "pasta", "--", "/bin/sh", "-c",
+        "cat /etc/resolv.conf; grep -c sandbox /etc/hosts; grep tap0 /proc/net/route | head -1")
+out["rc"], out["stdout"], out["stderr"] = r.returncode, r.stdout, r.stderr
+out["left"] = gone(*HELPERS)
+""", tree=str(tree), switch=switch)
+    assert out["rc"] == 0, out["stderr"]
+    resolv, hosts, route = str(out["stdout"]).splitlines()
+    assert (resolv, hosts) == ("nameserver 169.254.1.1", "1")
+    assert route.split()[:2] == ["tap0", "00000000"]  # the default route, via tap0
+    assert out["left"] is True
+
+
 PROBE_GATEWAY = """
 family = socket.AF_INET6 if ":" in ARGS["loopback"] else socket.AF_INET
 listener = socket.socket(family); listener.bind((ARGS["loopback"], 0)); listener.listen(8)
