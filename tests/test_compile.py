@@ -265,3 +265,11 @@ def test_slirp4netns_allow_host_loopback_and_no_forwards() -> None:
 def test_slirp4netns_missing() -> None:
     with pytest.raises(SandboxerError, match="slirp4netns not found"):
         plan_for(["--net", "slirp4netns"], tools={"unshare": "/usr/bin/unshare"})
+
+
+@pytest.mark.parametrize("mode,package", [("slirp4netns", "slirp4netns"), ("pasta", "passt")])
+def test_a_missing_helper_names_its_package(mode: str, package: str) -> None:
+    with pytest.raises(SandboxerError) as caught:
+        plan_for(["--net", mode], tools={"unshare": "/usr/bin/unshare"})
+    assert f"{mode} not found on PATH" in str(caught.value)
+    assert f"apt install {package}" in caught.value.hint
