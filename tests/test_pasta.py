@@ -191,9 +191,11 @@ def test_host_loopback_reachable_when_allowed(home: Path, loopback: str, gateway
     assert "sandboxer: warning: the sandbox can reach services on the host's 127.0.0.1" in str(out["stderr"])
 
 
-def test_the_network_works_from_the_commands_first_packet(home: Path) -> None:
+@pytest.mark.parametrize("pidns", ["--pid", "--no-pid"])
+def test_the_network_works_from_the_commands_first_packet(home: Path, pidns: str) -> None:
     # pasta starts while the stage mounts; the command may run only once pasta is ready: its
-    # very first datagram (to a UDP echo on the host's loopback, through the gateway) is answered
+    # very first datagram (to a UDP echo on the host's loopback, through the gateway) is answered.
+    # (With a PID namespace pasta targets unshare's child, without it unshare itself.)
     out = scenario(home, """
 import threading
 srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("127.0.0.1", 0))
@@ -203,9 +205,9 @@ def echo():
 threading.Thread(target=echo, daemon=True).start()
 # bash, whose start is ~1 ms (a Python's would hide a race of ~15 ms)
 probe = 'exec 3<>"/dev/udp/$0/$1" && echo first >&3 && exec timeout 2 dd bs=64 count=1 status=none <&3'
-out["replies"] = [run("--net", "pasta", "--allow-host-loopback", "--", "bash", "-c", probe, ARGS["gateway"],
-                      str(srv.getsockname()[1])).stdout for _ in range(5)]
-""", gateway=GATEWAY)
+out["replies"] = [run("--net", "pasta", ARGS["pidns"], "--allow-host-loopback", "--", "bash", "-c", probe,
+                      ARGS["gateway"], str(srv.getsockname()[1])).stdout for _ in range(5)]
+""", gateway=GATEWAY, pidns=pidns)
     assert out["replies"] == ["first\n"] * 5, out
 
 
