@@ -195,7 +195,7 @@ def test_host_loopback_reachable_when_allowed(home: Path, loopback: str, gateway
 def test_the_network_works_from_the_commands_first_packet(home: Path, pidns: str) -> None:
     # pasta starts while the stage mounts; the command may run only once pasta is ready: its
     # very first datagram (to a UDP echo on the host's loopback, through the gateway) is answered.
-    # (With a PID namespace pasta targets unshare's child, without it unshare itself.)
+    # (pasta targets the stage: with a PID namespace unshare's child, without one what unshare became)
     out = scenario(home, """
 import threading
 srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); srv.bind(("127.0.0.1", 0))
