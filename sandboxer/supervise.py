@@ -260,8 +260,8 @@ class Supervisor:
         while True:
             net = self.net
             starting = net is not None and not net.ready
+            until = min(deadline, net.ready_by) if net is not None and starting else deadline
             if not self.ready:
-                until = min(deadline, net.ready_by) if net is not None and starting else deadline
                 timeout: float | None = max(0.0, until - time.monotonic())
             elif self.deadline:
                 timeout = max(0.0, self.deadline - time.monotonic())
@@ -274,10 +274,13 @@ class Supervisor:
                 watch.append(self.named.listener)
             readable, _, _ = select.select(watch, [], [], timeout)
             if not readable:
+                now = time.monotonic()
                 if self.ready:
-                    self.on_timeout(time.monotonic())
+                    self.on_timeout(now)
                     continue
-                self.on_setup_timeout(time.monotonic())
+                if now < until:
+                    continue  # woken a hair early
+                self.on_setup_timeout(now)
             if net is not None and starting and (net.ready_fd in readable or net.pidfd in readable):
                 self.on_helper_ready()
             elif net is not None and net.pidfd in readable:
