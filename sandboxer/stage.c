@@ -35,6 +35,7 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/if_tun.h>
+#include <linux/nsfs.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
@@ -56,6 +57,7 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "wire.h"
@@ -1791,10 +1793,91 @@ static void kill_descendants(void)
 	}
 }
 
+/* Whether the user namespace open at fd lies strictly below this process's own: walked up with
+ * NS_GET_PARENT, which fails once the next step would leave what we can see (init's namespace,
+ * another sandbox's). Nesting is at most 32 deep. */
+static int below_own_userns(int fd, const struct stat *own)
+{
+	int cur = fd, below = 0;
+	for (int depth = 0; depth < 40; depth++) {
+		int parent = ioctl(cur, NS_GET_PARENT);
+		if (cur != fd)
+			close(cur);
+		if (parent < 0)
+			return 0;
+		struct stat st;
+		below = fstat(parent, &st) == 0 && st.st_dev == own->st_dev && st.st_ino == own->st_ino;
+		cur = parent;
+		if (below)
+			break;
+	}
+	close(cur);
+	return below;
+}
+
+/* Without a PID namespace, what `sandboxer exec` started is no descendant of ours: a killed
+ * joiner leaves it to the host's init. It is known by its user namespace instead: the payload's
+ * or one nested in it, below ours, which no process can leave (setns(2) to an ancestor needs
+ * capabilities there). Kill every such process, bounded; not ourselves, nor the network helper
+ * or a joiner, which are in ours. Async-signal-safe (the orphaned handler runs it): no stdio,
+ * no malloc. */
+static void kill_below_own_userns(void)
+{
+	static char buf[16384];
+	struct stat own;
+	if (stat("/proc/self/ns/user", &own) < 0)
+		return;
+	for (int round = 0; round < 50; round++) {
+		int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (proc < 0)
+			return;
+		int found = 0;
+		long n;
+		while ((n = syscall(SYS_getdents64, proc, buf, sizeof buf)) > 0) {
+			for (long off = 0; off < n;) {
+				struct dirent64 *e = (struct dirent64 *)(void *)(buf + off);
+				off += e->d_reclen;
+				long pid = 0;
+				const char *c = e->d_name;
+				for (; *c >= '0' && *c <= '9'; c++)
+					pid = pid * 10 + (*c - '0');
+				if (*c || !pid || pid == getpid())
+					continue;
+				char rel[48], *p = put_int(rel, pid);
+				memcpy(p, "/ns/user", 9);
+				int fd = openat(proc, rel, O_RDONLY | O_CLOEXEC);
+				if (fd < 0)
+					continue; /* gone, or not ours to look at */
+				int below = below_own_userns(fd, &own);
+				close(fd);
+				memcpy(p, "/stat", 6);
+				char stat_[512] = "";
+				int sfd = openat(proc, rel, O_RDONLY | O_CLOEXEC);
+				ssize_t len = sfd >= 0 ? read(sfd, stat_, sizeof stat_ - 1) : -1;
+				if (sfd >= 0)
+					close(sfd);
+				const char *paren = len > 0 ? strrchr(stat_, ')') : NULL;
+				if (below && !(paren && (paren[2] == 'Z' || paren[2] == 'X'))) { /* not dead yet */
+					kill((pid_t)pid, SIGKILL);
+					found = 1;
+				}
+			}
+		}
+		close(proc);
+		if (!found)
+			return;
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		struct timespec pause = {0, 2000000}; /* dying takes a moment: look again */
+		nanosleep(&pause, NULL);
+	}
+}
+
 static void orphaned(int sig)
 {
 	(void)sig;
 	kill_descendants();
+	kill_below_own_userns();
 	_exit(125);
 }
 
@@ -1910,16 +1993,11 @@ static int join_main(void)
 	CHECK(rootfd, "cannot open the payload's root");
 	if (flags)
 		CHECK(setns(stagefd, flags), "cannot join the sandbox's namespaces");
-	CHECK(setns(payloadfd, CLONE_NEWUSER), "cannot join the payload's user namespace");
 	int own_init = !!(flags & CLONE_NEWPID);
 	if (own_init)
 		close(stagefd); /* else: watched, the sandbox's end is the command's */
 	else
 		CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "cannot become a subreaper");
-	close(payloadfd);
-	CHECK(fchdir(rootfd), "cannot enter the payload's root");
-	CHECK(chroot("."), "cannot enter the payload's root");
-	close(rootfd);
 
 	sigset_t mask, old;
 	sigemptyset(&mask);
@@ -1929,6 +2007,12 @@ static int join_main(void)
 	pid_t child = fork();
 	CHECK(child, "cannot fork");
 	if (child == 0) {
+		/* Only the command enters the payload's user namespace: this process stays in the
+		 * stage's, like the network helper, out of what the stage kills at the end of a
+		 * sandbox without a PID namespace (kill_below_own_userns) */
+		CHECK(setns(payloadfd, CLONE_NEWUSER), "cannot join the payload's user namespace");
+		CHECK(fchdir(rootfd), "cannot enter the payload's root");
+		CHECK(chroot("."), "cannot enter the payload's root");
 		own_job();
 		if (cfg.join_chroot)
 			CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_CHROOT, 0, 0, 0), "cannot drop CAP_SYS_CHROOT");
@@ -1942,6 +2026,8 @@ static int join_main(void)
 				close(fd);
 		exec_payload();
 	}
+	close(payloadfd);
+	close(rootfd);
 	forward_to(child, &old);
 	int st = 0;
 	if (!own_init && !sandbox_outlived(stagefd, child)) {
@@ -2096,8 +2182,10 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
-	if (!cfg.pid)
+	if (!cfg.pid) {
 		kill_descendants();
+		kill_below_own_userns();
+	}
 	if (upper_fd >= 0) {
 		/* the walk holds a few fds per level of nesting: as many as we may have */
 		struct rlimit fds;

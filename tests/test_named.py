@@ -131,6 +131,30 @@ def test_exec_leaves_nothing_in_a_sandbox_without_a_pid_namespace(home: Path, st
     assert alive_with(marker) == []
 
 
+def test_a_killed_exec_leaves_nothing_once_a_sandbox_without_a_pid_namespace_ends(home: Path,
+                                                                                 started: list[str]) -> None:
+    # The joiner (sandboxer exec) is SIGKILLed: its command and what that daemonized, one of
+    # them in a user namespace of its own, are orphans of the host's init now, no descendants
+    # of the sandbox. They may live as long as the sandbox (as in a PID namespace), not longer.
+    marker = f"{time.time_ns() % 1000}.{os.getpid()}"
+    name = detach(home, started, unique("killed"), "--no-pid", "--", "sleep", "60")
+    proc = subprocess.Popen([str(BIN), "exec", name, "--", "sh", "-c",
+                             f"(setsid sleep 8{marker} &); (setsid unshare --user sleep 9{marker} &); "
+                             f"exec sleep 10{marker}"], env=caller_env(home), cwd=home)
+    deadline = time.monotonic() + 10
+    while len(alive_with(marker)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(alive_with(marker)) == 3
+    proc.kill()
+    proc.wait(timeout=10)
+    assert len(alive_with(marker)) == 3  # in the sandbox still
+    assert sbx(["stop", name], home).returncode == 0
+    deadline = time.monotonic() + 5
+    while alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive_with(marker) == []
+
+
 @pytest.mark.parametrize("pidns", ["--pid", "--no-pid"])
 def test_the_payload_cannot_touch_what_exec_runs_beside_it(home: Path, started: list[str], pidns: str) -> None:
     # The attack: once something is exec'd into its sandbox, the payload signals and reads
