@@ -1857,7 +1857,8 @@ static void kill_below_own_userns(void)
 				if (sfd >= 0)
 					close(sfd);
 				const char *paren = len > 0 ? strrchr(stat_, ')') : NULL;
-				if (below && !(paren && (paren[2] == 'Z' || paren[2] == 'X'))) { /* not dead yet */
+				char state = paren && paren + 2 < stat_ + len ? paren[2] : '?'; /* "(comm) S ..." */
+				if (below && state != 'Z' && state != 'X') { /* not dead already */
 					kill((pid_t)pid, SIGKILL);
 					found = 1;
 				}
