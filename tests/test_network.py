@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, PROFILES, caller_env, sbx
+from .conftest import BIN, PROFILES, REQUIRE, caller_env, sbx
 
 pytestmark = pytest.mark.usefixtures("integration", "slirp")
 WEB = str(PROFILES / "web-dev.toml")
@@ -197,6 +197,27 @@ def test_fake_helper_fails_closed(home: Path, runtime: Path, tmp_path: Path, bod
     assert not marker.exists()
     assert time.monotonic() - started < 15
     assert "sleep 60" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("backend", ["slirp4netns", "pasta"])
+def test_no_tun_device_fails_closed(home: Path, tmp_path: Path, backend: str) -> None:
+    # /dev/net/tun hidden (a tmpfs on /dev/net, in a mount namespace of the test's own, with a
+    # network namespace of its own too, so that no helper could ever reach out): the stage's
+    # first step fails, before any helper starts; one line, 125, the command never runs
+    if backend == "pasta" and not shutil.which("pasta", path="/usr/bin:/bin"):
+        if REQUIRE:
+            pytest.fail("pasta is not installed (apt install passt)")
+        pytest.skip("pasta is not installed")
+    marker = tmp_path / "ran"
+    script = (f'mount -t tmpfs none /dev/net && exec unshare --user --map-user={os.getuid()} '
+              f'--map-group={os.getgid()} -- "$@"')
+    out = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--net", "--", "/bin/sh", "-c", script,
+                          "sh", str(BIN), "run", "--net", backend, "--bind", str(tmp_path), "--", "touch",
+                          str(marker)], capture_output=True, text=True, timeout=30, cwd=home, env=caller_env(home))
+    assert out.returncode == 125, out.stderr
+    assert out.stderr == ("sandboxer: error: sandbox setup failed: cannot open /dev/net/tun: No such file or "
+                          "directory (user-mode networking needs it readable and writable by you: mode 0666)\n")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("body,said", [
