@@ -89,6 +89,16 @@ def alive_with(marker: str) -> list[int]:
     return found
 
 
+def run_rendering(args: Sequence[str], home: Path, script: Path, *, cwd: Path | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    """`sandboxer explain --shell ARGS`, written to script and run with /bin/sh from cwd (home)."""
+    rendered = sbx(["explain", "--shell", *args], home, cwd=cwd)
+    assert rendered.returncode == 0, rendered.stderr
+    script.write_text(rendered.stdout)
+    return subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, cwd=cwd or home,
+                          env=caller_env(home), timeout=30)
+
+
 def sbx(args: Sequence[str], home: Path, *, cwd: Path | None = None, timeout: float = 30,
         env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
     if not args or args[0] not in ("run", "check", "explain", "profiles", "rootfs", "completion", "schema",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, PROFILES, alive_with, caller_env, sbx
+from .conftest import BIN, PROFILES, alive_with, caller_env, run_rendering, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 CLEAN = str(PROFILES / "clean-home.toml")
@@ -315,14 +315,9 @@ def test_fails_closed_without_user_namespaces(home: Path) -> None:
 
 
 def test_explain_shell_script_runs(home: Path, tmp_path: Path) -> None:
-    script = sbx(["explain", "--shell", OFFLINE, "--", "/bin/sh", "-c",
-                  'ls -A "$HOME" | wc -l; hostname; id -u; cat /proc/net/dev | tail -n +3 | cut -d: -f1'],
-                 home)
-    assert script.returncode == 0, script.stderr
-    path = tmp_path / "plan.sh"
-    path.write_text(script.stdout)
-    out = subprocess.run(["/bin/sh", str(path)], capture_output=True, text=True, cwd=home,
-                         env=caller_env(home), timeout=30)
+    out = run_rendering([OFFLINE, "--", "/bin/sh", "-c",
+                         'ls -A "$HOME" | wc -l; hostname; id -u; cat /proc/net/dev | tail -n +3 | cut -d: -f1'],
+                        home, tmp_path / "plan.sh")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "sandbox", str(os.getuid()), "lo"]
 

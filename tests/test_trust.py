@@ -21,7 +21,7 @@ import pytest
 
 import sandboxer
 
-from .conftest import BIN, PROFILES, Desktop, caller_env, sbx
+from .conftest import BIN, PROFILES, Desktop, caller_env, run_rendering, sbx
 
 pytestmark = pytest.mark.usefixtures("integration")
 CLEAN = str(PROFILES / "clean-home.toml")
@@ -588,14 +588,9 @@ def test_the_shell_rendering_binds_a_project_under_home_too(home: Path, tmp_path
     project = home / "project"
     project.mkdir()
     (project / "in.txt").write_text("hello\n")
-    script = sbx(["explain", "--shell", OFFLINE, "--bind", ".", "--", "/bin/sh", "-c",
-                  "cat in.txt; echo built > out.txt; touch /usr/x 2>/dev/null || echo ro; ls -A /tmp | wc -l"],
-                 home, cwd=project)
-    assert script.returncode == 0, script.stderr
-    path = tmp_path / "plan.sh"
-    path.write_text(script.stdout)
-    out = subprocess.run(["/bin/sh", str(path)], capture_output=True, text=True, cwd=project,
-                         env=caller_env(home), timeout=30)
+    out = run_rendering([OFFLINE, "--bind", ".", "--", "/bin/sh", "-c",
+                         "cat in.txt; echo built > out.txt; touch /usr/x 2>/dev/null || echo ro; ls -A /tmp | wc -l"],
+                        home, tmp_path / "plan.sh", cwd=project)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["hello", "ro", "0"]
     assert (project / "out.txt").read_text() == "built\n"
