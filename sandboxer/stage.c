@@ -1730,12 +1730,71 @@ static char *put_int(char *p, long v)
 	return p;
 }
 
-/* Every descendant of this process, from /proc/<pid>/task/<pid>/children (bounded). A child
- * forked by another thread of a process hangs off that thread's list; kill_descendants() kills
- * the process, and the child, reparented to this subreaper, is found in the next round. */
-static size_t descendants(pid_t *found, size_t max)
+/* Whether the user namespace open at fd lies strictly below this process's own: walked up with
+ * NS_GET_PARENT, which fails once the next step would leave what we can see (init's namespace,
+ * another sandbox's). Nesting is at most 32 deep. */
+static int below_own_userns(int fd, const struct stat *own)
+{
+	int cur = fd, below = 0;
+	for (int depth = 0; depth < 40; depth++) {
+		int parent = ioctl(cur, NS_GET_PARENT);
+		if (cur != fd)
+			close(cur);
+		if (parent < 0)
+			return 0;
+		struct stat st;
+		below = fstat(parent, &st) == 0 && st.st_dev == own->st_dev && st.st_ino == own->st_ino;
+		cur = parent;
+		if (below)
+			break;
+	}
+	close(cur);
+	return below;
+}
+
+/* Whether /proc/<pid>/stat says the process is dead already (a zombie, or exiting). */
+static int dead(const char *path)
+{
+	char text[512] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t len = fd >= 0 ? read(fd, text, sizeof text - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	const char *paren = len > 0 ? strrchr(text, ')') : NULL;
+	char state = paren && paren + 2 < text + len ? paren[2] : '?'; /* "(comm) S ..." */
+	return state == 'Z' || state == 'X';
+}
+
+/* SIGKILL pid if it is a live process in a user namespace below ours. The pidfd is taken first:
+ * a process that ends meanwhile and whose pid goes to another (one of the host's, without a PID
+ * namespace) is never signalled, whatever the other's namespace. 1 if the signal was sent. */
+static int kill_if_below(long pid, const struct stat *own)
+{
+	int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	if (pidfd < 0)
+		return 0;
+	char path[48], *p = path;
+	memcpy(p, "/proc/", 6);
+	p = put_int(p + 6, pid);
+	memcpy(p, "/ns/user", 9);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int below = fd >= 0 && below_own_userns(fd, own);
+	if (fd >= 0)
+		close(fd);
+	memcpy(p, "/stat", 6);
+	int sent = below && !dead(path) && syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) == 0;
+	close(pidfd);
+	return sent;
+}
+
+/* Every descendant of this process, from /proc/<pid>/task/<pid>/children (bounded), its own
+ * children first (*direct of them). A child forked by another thread of a process hangs off that
+ * thread's list; kill_descendants() kills the process, and the child, reparented to this
+ * subreaper, is found in the next round. */
+static size_t descendants(pid_t *found, size_t max, size_t *direct)
 {
 	size_t nfound = 0, next = 0;
+	int first = 1;
 	pid_t self = getpid();
 	const pid_t *todo = &self;
 	size_t ntodo = 1;
@@ -1767,6 +1826,9 @@ static size_t descendants(pid_t *found, size_t max)
 				found[nfound++] = (pid_t)cur;
 			close(fd);
 		}
+		if (first)
+			*direct = nfound;
+		first = 0;
 		if (next >= nfound)
 			return nfound;
 		todo = &found[next];
@@ -1776,43 +1838,29 @@ static size_t descendants(pid_t *found, size_t max)
 }
 
 /* Without a PID namespace nothing kills what the payload left running; as a subreaper the stage
- * has inherited all of it. Kill until none is left (bounded). */
+ * has inherited all of it. Kill until none is left (bounded). Our own children by pid (unreaped,
+ * theirs cannot be reused); theirs, which their parents may reap at any moment, only through
+ * kill_if_below(): every one of them was forked inside the payload's user namespace. */
 static void kill_descendants(void)
 {
 	static pid_t pids[4096];
+	struct stat own;
+	if (stat("/proc/self/ns/user", &own) < 0)
+		return;
 	for (int round = 0; round < 50; round++) {
-		size_t n = descendants(pids, sizeof pids / sizeof pids[0]);
+		size_t direct = 0, n = descendants(pids, sizeof pids / sizeof pids[0], &direct);
 		if (!n)
 			return;
 		for (size_t i = 0; i < n; i++)
-			kill(pids[i], SIGKILL);
+			if (i < direct)
+				kill(pids[i], SIGKILL);
+			else
+				kill_if_below(pids[i], &own);
 		/* our own children among them die of it: wait for one, then reap what else is dead */
 		waitpid(-1, NULL, 0);
 		while (waitpid(-1, NULL, WNOHANG) > 0)
 			;
 	}
-}
-
-/* Whether the user namespace open at fd lies strictly below this process's own: walked up with
- * NS_GET_PARENT, which fails once the next step would leave what we can see (init's namespace,
- * another sandbox's). Nesting is at most 32 deep. */
-static int below_own_userns(int fd, const struct stat *own)
-{
-	int cur = fd, below = 0;
-	for (int depth = 0; depth < 40; depth++) {
-		int parent = ioctl(cur, NS_GET_PARENT);
-		if (cur != fd)
-			close(cur);
-		if (parent < 0)
-			return 0;
-		struct stat st;
-		below = fstat(parent, &st) == 0 && st.st_dev == own->st_dev && st.st_ino == own->st_ino;
-		cur = parent;
-		if (below)
-			break;
-	}
-	close(cur);
-	return below;
 }
 
 /* Without a PID namespace, what `sandboxer exec` started is no descendant of ours: a killed
@@ -1843,25 +1891,8 @@ static void kill_below_own_userns(void)
 					pid = pid * 10 + (*c - '0');
 				if (*c || !pid || pid == getpid())
 					continue;
-				char rel[48], *p = put_int(rel, pid);
-				memcpy(p, "/ns/user", 9);
-				int fd = openat(proc, rel, O_RDONLY | O_CLOEXEC);
-				if (fd < 0)
-					continue; /* gone, or not ours to look at */
-				int below = below_own_userns(fd, &own);
-				close(fd);
-				memcpy(p, "/stat", 6);
-				char stat_[512] = "";
-				int sfd = openat(proc, rel, O_RDONLY | O_CLOEXEC);
-				ssize_t len = sfd >= 0 ? read(sfd, stat_, sizeof stat_ - 1) : -1;
-				if (sfd >= 0)
-					close(sfd);
-				const char *paren = len > 0 ? strrchr(stat_, ')') : NULL;
-				char state = paren && paren + 2 < stat_ + len ? paren[2] : '?'; /* "(comm) S ..." */
-				if (below && state != 'Z' && state != 'X') { /* not dead already */
-					kill((pid_t)pid, SIGKILL);
+				if (kill_if_below(pid, &own))
 					found = 1;
-				}
 			}
 		}
 		close(proc);
